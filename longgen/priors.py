@@ -1,0 +1,233 @@
+"""Builtin reference priors: Gaussian mixtures with separable per-axis covariances and exact epsilon.
+
+Component k of a prior over tensors of shape ``(n_1, ..., n_d)`` is ``N(mu_k, C_k1 ⊗ ... ⊗ C_kd)``.
+Forward noising keeps every component Gaussian: ``x_t | k ~ N(sqrt(a) mu_k, a Sigma_k + (1-a) I)``
+with ``a`` = alphas_cumprod. With per-axis eigendecompositions ``C_ka = U_ka diag(l_ka) U_ka^T``
+the noised covariance is diagonal in the rotated basis (eigenvalues ``a ⊗l + 1 - a``), so the exact
+score, the log densities that weight the components and hence the exact epsilon
+``eps = -sqrt(1-a) * score`` cost a few small matrix products per axis — no dense D×D matrix.
+Optionally class-conditional: class c has its own component weights, the unconditional prior
+(class -1) the average over classes, so classifier-free guidance means something.
+
+These give the project ground truth: the exact conditional of a masked sample is a Gaussian
+mixture computable in closed form (:meth:`SeparableGMM.conditional`, dense, small sizes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .denoiser import check_prediction_type
+
+
+def _apply_axis(x: torch.Tensor, mat: torch.Tensor, axis: int) -> torch.Tensor:
+    """Multiply ``x`` by ``mat`` (n, n) along ``axis``: out[..., i, ...] = sum_j mat[i, j] x[..., j, ...]."""
+    return torch.movedim(torch.movedim(x, axis, -1) @ mat.T, -1, axis)
+
+
+class SeparableGMM:
+    """Mixture of Gaussians with Kronecker-structured covariances over the axes of ``shape``.
+
+    means: (K, *shape); factors: one (K, n_a, n_a) SPD tensor per axis; weights: (K,) mixture
+    weights or (C, K) per-class weights. Computation runs in ``dtype`` (float64 by default).
+    """
+
+    def __init__(self, means: torch.Tensor, factors: Sequence[torch.Tensor],
+                 weights: torch.Tensor | None = None, dtype: torch.dtype = torch.float64):
+        self.dtype = dtype
+        self.means = means.to(dtype)
+        self.K = self.means.shape[0]
+        self.shape = tuple(self.means.shape[1:])
+        if len(factors) != len(self.shape):
+            raise ValueError(f"need one covariance factor per axis of shape {self.shape}, got {len(factors)}")
+        self.factors = []
+        for a, (f, n) in enumerate(zip(factors, self.shape)):
+            f = f.to(dtype)
+            if f.ndim == 2:
+                f = f.expand(self.K, n, n)
+            if f.shape != (self.K, n, n):
+                raise ValueError(f"factor {a} has shape {tuple(f.shape)}; expected ({self.K}, {n}, {n})")
+            self.factors.append(f)
+        evals, evecs = [], []
+        for f in self.factors:
+            lam, u = torch.linalg.eigh(f)
+            if (lam <= 0).any():
+                raise ValueError(f"covariance factor is not positive definite (min eigenvalue {lam.min():.3g})")
+            evals.append(lam)
+            evecs.append(u)
+        self.evecs = evecs  # per axis (K, n, n)
+        lam = evals[0]
+        for l in evals[1:]:
+            lam = (lam[..., None] * l.reshape(self.K, *([1] * (lam.ndim - 1)), -1))
+        self.lam = lam  # (K, *shape): eigenvalues of Sigma_k
+        if weights is None:
+            weights = torch.full((self.K,), 1.0 / self.K)
+        weights = weights.to(dtype)
+        if weights.ndim == 1:
+            weights = weights[None]
+        if weights.shape[-1] != self.K or (weights < 0).any():
+            raise ValueError(f"weights must be non-negative with last dimension K={self.K}")
+        self.class_weights = weights / weights.sum(-1, keepdim=True)  # (C, K)
+        self.num_classes = self.class_weights.shape[0] if self.class_weights.shape[0] > 1 else 0
+
+    # ----------------------------------------------------------------------- basics
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def weights_for(self, cond, batch: int) -> torch.Tensor:
+        """(B, K) log mixture weights for a class condition: None / -1 = unconditional."""
+        marginal = self.class_weights.mean(0)
+        if cond is None:
+            w = marginal.expand(batch, self.K)
+        else:
+            c = torch.as_tensor(cond).long().reshape(-1)
+            if c.numel() == 1:
+                c = c.expand(batch)
+            if self.num_classes == 0 and (c >= 0).any():
+                raise ValueError("this prior is not class-conditional; use cond=None or -1")
+            if (c >= max(self.num_classes, 1)).any() or (c < -1).any():
+                raise ValueError(f"class ids must be in [-1, {self.num_classes - 1}], got {c.tolist()}")
+            table = torch.cat([self.class_weights, marginal[None]], 0)  # row -1 = marginal
+            w = table[c]
+        return torch.log(w.clamp_min(1e-300))
+
+    def _rotate(self, x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+        """x (B, *shape) into component k's eigenbasis (U^T x), or back (U z) when ``inverse``."""
+        for a in range(self.ndim):
+            u = self.evecs[a][k]
+            x = _apply_axis(x, u if inverse else u.T, a + 1)
+        return x
+
+    # ----------------------------------------------------------------------- exact score / eps
+    def eps(self, x: torch.Tensor, abar, cond=None) -> torch.Tensor:
+        """Exact epsilon E[eps | x_t] for x (B, *shape) at alphas_cumprod ``abar`` (scalar or (B,))."""
+        out_dtype = x.dtype
+        x = x.to(self.dtype)
+        B = x.shape[0]
+        a = torch.as_tensor(abar, dtype=self.dtype).reshape(-1)
+        a = a.expand(B) if a.numel() == 1 else a
+        ab = a.reshape(B, *([1] * self.ndim))
+        logw = self.weights_for(cond, B)  # (B, K)
+        logp, scores = [], []
+        for k in range(self.K):
+            z = self._rotate(x - ab.sqrt() * self.means[k], k)         # (B, *shape)
+            v = ab * self.lam[k] + (1 - ab)                              # noised eigenvalues
+            dims = tuple(range(1, self.ndim + 1))
+            logp.append(-0.5 * (z * z / v).sum(dims) - 0.5 * torch.log(v).sum(dims))
+            scores.append(self._rotate(-z / v, k, inverse=True))
+        logp = torch.stack(logp, 1) + logw                               # (B, K)
+        r = torch.softmax(logp, dim=1)
+        score = sum(r[:, k].reshape(B, *([1] * self.ndim)) * scores[k] for k in range(self.K))
+        return (-(1 - ab).sqrt() * score).to(out_dtype)
+
+    def responsibilities(self, x: torch.Tensor, cond=None) -> torch.Tensor:
+        """(B, K) posterior component probabilities of clean samples x."""
+        x = x.to(self.dtype)
+        B = x.shape[0]
+        logp = []
+        for k in range(self.K):
+            z = self._rotate(x - self.means[k], k)
+            dims = tuple(range(1, self.ndim + 1))
+            logp.append(-0.5 * (z * z / self.lam[k]).sum(dims) - 0.5 * torch.log(self.lam[k]).sum())
+        return torch.softmax(torch.stack(logp, 1) + self.weights_for(cond, B), 1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, cls: int | None = None):
+        """n exact samples x0 (n, *shape) and their component ids."""
+        logw = self.weights_for(None if cls is None else torch.tensor([cls]), 1)[0]
+        comp = torch.multinomial(logw.exp(), n, replacement=True, generator=generator)
+        z = torch.randn((n, *self.shape), generator=generator, dtype=self.dtype)
+        out = torch.empty_like(z)
+        for k in range(self.K):
+            sel = comp == k
+            if sel.any():
+                out[sel] = self._rotate(z[sel] * self.lam[k].sqrt(), k, inverse=True) + self.means[k]
+        return out, comp
+
+    # ----------------------------------------------------------------------- dense closed forms
+    def dense_covariance(self, k: int) -> torch.Tensor:
+        cov = self.factors[0][k]
+        for f in self.factors[1:]:
+            cov = torch.kron(cov, f[k])
+        return cov
+
+    def _check_dense(self):
+        D = math.prod(self.shape)
+        if D > 4096:
+            raise ValueError(f"dense closed forms are for small priors (D <= 4096), this one has D={D}")
+        return D
+
+    def dense_eps(self, x: torch.Tensor, abar: float, cond=None) -> torch.Tensor:
+        """Epsilon by dense linear algebra (a reference for tests; small sizes only)."""
+        D = self._check_dense()
+        x = x.to(self.dtype).reshape(x.shape[0], D)
+        a = torch.as_tensor(abar, dtype=self.dtype)
+        logw = self.weights_for(cond, x.shape[0])
+        logp, scores = [], []
+        for k in range(self.K):
+            S = a * self.dense_covariance(k) + (1 - a) * torch.eye(D, dtype=self.dtype)
+            d = x - a.sqrt() * self.means[k].reshape(D)
+            sol = torch.linalg.solve(S, d.T).T
+            logp.append(-0.5 * (d * sol).sum(1) - 0.5 * torch.logdet(S))
+            scores.append(-sol)
+        r = torch.softmax(torch.stack(logp, 1) + logw, 1)
+        score = sum(r[:, k:k + 1] * scores[k] for k in range(self.K))
+        return (-(1 - a).sqrt() * score).reshape(x.shape[0], *self.shape)
+
+    def conditional(self, observed: torch.Tensor, mask: torch.Tensor, cond=None):
+        """Exact p(x_gen | x_obs) for one sample: (weights (K,), means (K, G), covs (K, G, G)).
+
+        ``observed`` (*shape), ``mask`` (*shape) with 1 = generated. Dense; small sizes only.
+        """
+        D = self._check_dense()
+        m = mask.expand(self.shape).reshape(D).bool()
+        g, o = m.nonzero().squeeze(1), (~m).nonzero().squeeze(1)
+        xo = observed.to(self.dtype).reshape(D)[o]
+        logw = self.weights_for(cond, 1)[0]
+        ws, mus, covs = [], [], []
+        for k in range(self.K):
+            S = self.dense_covariance(k)
+            mu = self.means[k].reshape(D)
+            Soo, Sgo, Sgg = S[o][:, o], S[g][:, o], S[g][:, g]
+            d = xo - mu[o]
+            sol = torch.linalg.solve(Soo, d)
+            ws.append(logw[k] - 0.5 * d @ sol - 0.5 * torch.logdet(Soo))
+            mus.append(mu[g] + Sgo @ sol)
+            covs.append(Sgg - Sgo @ torch.linalg.solve(Soo, Sgo.T))
+        return torch.softmax(torch.stack(ws), 0), torch.stack(mus), torch.stack(covs)
+
+
+class PriorDenoiser:
+    """The denoiser protocol over a :class:`SeparableGMM` with a training schedule.
+
+    ``alphas_cumprod`` maps training timesteps to noise levels (take it from the scheduler the
+    prior is sampled with). ``prediction_type`` lets the same exact prior stand in for epsilon,
+    x0 (``sample``) or v models. ``cond``: class ids (B,) with -1 = unconditional, or None.
+    """
+
+    def __init__(self, prior: SeparableGMM, alphas_cumprod: torch.Tensor,
+                 prediction_type: str = "epsilon"):
+        self.prior = prior
+        self.alphas_cumprod = torch.as_tensor(alphas_cumprod).double()
+        self.prediction_type = check_prediction_type(prediction_type)
+
+    @classmethod
+    def for_scheduler(cls, prior: SeparableGMM, scheduler, prediction_type: str | None = None):
+        return cls(prior, scheduler.alphas_cumprod,
+                   prediction_type or scheduler.config.prediction_type)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        a = self.alphas_cumprod[torch.as_tensor(t).long().reshape(-1).cpu()].to(x.device)
+        eps = self.prior.eps(x, a, cond).to(x.dtype)
+        if self.prediction_type == "epsilon":
+            return eps
+        ab = a.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        if self.prediction_type == "sample":
+            return (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+        return (eps - (1 - ab).sqrt() * x) / ab.sqrt()  # v = sqrt(a) eps - sqrt(1-a) x0
+
+    def to(self, *args, **kwargs):
+        return self

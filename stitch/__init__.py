@@ -1,0 +1,10 @@
+"""Where windows meet: the canvas along the long axis, halo-tiled decoding, seam metrics.
+
+Pure tensor code (torch, einops, numpy, the standard library); knows nothing of models or modalities.
+"""
+
+from stitch.canvas import Canvas
+from stitch.decode import StreamingDecoder, tiled_decode
+from stitch.seams import seam_score, temporal_seam_score, window_boundaries
+
+__all__ = ["Canvas", "tiled_decode", "StreamingDecoder", "seam_score", "temporal_seam_score", "window_boundaries"]

@@ -1,0 +1,149 @@
+"""Decoding a long latent in pieces with a halo of context, in one go or as a stream.
+
+A decoder (VAE, per-frame video decoder, identity for motion) maps a latent whose long axis has n
+positions to an output with n * scale positions. Decoding a piece on its own makes its edges wrong
+when the decoder looks at neighbours (convolutions, upsampling). Giving each piece `halo` extra
+latents of context on each side and cropping their output away fixes this:
+
+- exact (up to float rounding) when the decoder is translation-equivariant along the axis and each
+  output position depends only on latents within `halo` positions of its own (receptive field
+  <= halo latents each side);
+- approximate otherwise, e.g. for a VAE decoder whose GroupNorm statistics and mid-block attention
+  are global: the error shrinks as the halo grows but does not vanish.
+
+The released ALM wide-image code and diffusers' panorama pipeline decode the whole canvas in one
+VAE call (Hleephilip/ALM_public alm/wide_image.py; diffusers StableDiffusionPanoramaPipeline);
+tiling with a halo is what lets longgen decode and write while later windows are being sampled.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+Decode = Callable[[Tensor], Tensor]
+
+
+def _check_args(axis: int, halo: int, scale: int) -> None:
+    if not isinstance(axis, int):
+        raise ValueError(f"axis must be an int, got {axis!r}")
+    if not isinstance(halo, int) or halo < 0:
+        raise ValueError(f"halo must be an int >= 0, got {halo!r}")
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be an int >= 1, got {scale!r}")
+
+
+def decode_span(decode: Decode, latent: Tensor, axis: int, lo: int, hi: int, start: int, stop: int, scale: int) -> Tensor:
+    """Decode latent[lo:hi] along `axis` and keep the output of latents [start, stop) (lo <= start <= stop <= hi)."""
+    out = decode(latent.narrow(axis, lo, hi - lo))
+    if out.shape[axis] != (hi - lo) * scale:
+        raise ValueError(f"decode gave {out.shape[axis]} positions along axis {axis} for {hi - lo} latents; expected {(hi - lo) * scale} (scale={scale})")
+    return out.narrow(axis, (start - lo) * scale, (stop - start) * scale)
+
+
+def tiled_decode(decode: Decode, latent: Tensor, axis: int, tile: int, halo: int, scale: int = 1) -> Tensor:
+    """Decode `latent` in tiles of `tile` latents along `axis`, each with `halo` latents of context per side.
+
+    Returns the tiles' cropped outputs concatenated: (…, n * scale, …) along axis. Equals
+    `decode(latent)` exactly when the decoder's receptive field along axis is <= halo latents.
+    """
+    _check_args(axis, halo, scale)
+    if not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile must be an int >= 1, got {tile!r}")
+    n = latent.shape[axis]
+    pieces = []
+    for t0 in range(0, n, tile):
+        t1 = min(t0 + tile, n)
+        lo, hi = max(0, t0 - halo), min(n, t1 + halo)  # halo clipped at the true ends
+        pieces.append(decode_span(decode, latent, axis, lo, hi, t0, t1, scale))
+    return torch.cat(pieces, dim=axis)
+
+
+class StreamingDecoder:
+    """Decode finished latent chunks as they arrive, lagging `halo` latents behind the input.
+
+    `push(chunk)` returns the output of every latent whose right-hand halo has arrived; `flush()`
+    returns the rest. Everything returned, concatenated, equals `tiled_decode` / a whole decode
+    under the same receptive-field condition. Memory: the pending latents are at most the last
+    chunk plus 2 * halo.
+    """
+
+    def __init__(self, decode: Decode, axis: int, halo: int, scale: int = 1):
+        _check_args(axis, halo, scale)
+        self.decode = decode
+        self.axis = axis
+        self.halo = halo
+        self.scale = scale
+        self.received = 0  # latents pushed so far
+        self.emitted = 0  # latents whose output has been returned
+        self.pending_start = 0  # absolute index of pending[0]
+        self.pending: Tensor | None = None  # latents [pending_start, received) along axis
+        self.flushed = False
+
+    def _emit(self, upto: int) -> Tensor | None:
+        """Decode and return latents [emitted, upto), then drop what no later output needs."""
+        if upto <= self.emitted:
+            return None
+        lo = max(self.pending_start, self.emitted - self.halo)
+        hi = min(self.received, upto + self.halo)
+        base = self.pending_start
+        out = decode_span(self.decode, self.pending, self.axis, lo - base, hi - base, self.emitted - base, upto - base, self.scale)
+        self.emitted = upto
+        keep_from = max(self.pending_start, upto - self.halo)  # left halo of the next output
+        drop = keep_from - self.pending_start
+        if drop:
+            self.pending = self.pending.narrow(self.axis, drop, self.pending.shape[self.axis] - drop).clone()
+            self.pending_start = keep_from
+        return out
+
+    def push(self, chunk: Tensor) -> Tensor | None:
+        """Take the next finished latent chunk; return newly decodable output or None."""
+        if self.flushed:
+            raise ValueError("push after flush: the stream has ended")
+        if not isinstance(chunk, Tensor) or chunk.ndim < (-self.axis if self.axis < 0 else self.axis + 1):
+            raise ValueError(f"chunk must be a tensor with axis {self.axis}, got {getattr(chunk, 'shape', type(chunk))}")
+        if self.pending is None:
+            self.pending = chunk.clone()
+        else:
+            have, got = list(self.pending.shape), list(chunk.shape)
+            have[self.axis] = got[self.axis] = -1
+            if have != got:
+                raise ValueError(f"chunk shape {tuple(chunk.shape)} does not match earlier chunks {tuple(self.pending.shape)} outside axis {self.axis}")
+            self.pending = torch.cat([self.pending, chunk], dim=self.axis)
+        self.received += chunk.shape[self.axis]
+        return self._emit(self.received - self.halo)
+
+    def flush(self) -> Tensor | None:
+        """End of stream: decode what remains (the right end has no halo to wait for)."""
+        if self.flushed:
+            raise ValueError("flush called twice")
+        self.flushed = True
+        return self._emit(self.received)
+
+    def state_dict(self) -> dict:
+        """Pending latents and counters (tensors and ints) for a resume manifest."""
+        d = {
+            "axis": self.axis,
+            "halo": self.halo,
+            "scale": self.scale,
+            "received": self.received,
+            "emitted": self.emitted,
+            "pending_start": self.pending_start,
+            "flushed": int(self.flushed),
+        }
+        if self.pending is not None:
+            d["pending"] = self.pending.clone()
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        for key in ("axis", "halo", "scale"):
+            if int(d[key]) != getattr(self, key):
+                raise ValueError(f"state has {key}={int(d[key])}, this decoder has {getattr(self, key)}")
+        self.received, self.emitted = int(d["received"]), int(d["emitted"])
+        self.pending_start, self.flushed = int(d["pending_start"]), bool(d["flushed"])
+        self.pending = d["pending"].clone() if "pending" in d else None
+        held = 0 if self.pending is None else self.pending.shape[self.axis]
+        if held != self.received - self.pending_start:
+            raise ValueError(f"state holds {held} pending latents, expected received - pending_start = {self.received - self.pending_start}")

@@ -1,0 +1,34 @@
+"""Small shared builders for the tests: random separable priors and float64 diffusers references."""
+
+from __future__ import annotations
+
+import torch
+
+from longgen.priors import SeparableGMM
+
+
+def spd(n: int, K: int, g: torch.Generator) -> torch.Tensor:
+    a = torch.randn(K, n, n, dtype=torch.float64, generator=g)
+    return a @ a.transpose(1, 2) / n + 0.1 * torch.eye(n, dtype=torch.float64)
+
+
+def random_prior(shape=(2, 4, 6), K: int = 3, classes: int = 0, seed: int = 0) -> SeparableGMM:
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(K, *shape, dtype=torch.float64, generator=g)
+    weights = torch.rand(classes, K, dtype=torch.float64, generator=g) if classes else None
+    return SeparableGMM(means, [spd(n, K, g) for n in shape], weights)
+
+
+def f64_scheduler(cls, config, steps: int):
+    """A diffusers scheduler whose alphas are kept in float64, so its own step runs in float64.
+
+    (diffusers keeps alphas_cumprod in float32 and takes their square roots there; in a float64
+    loop that alone moves results by ~1e-5.)
+    """
+    s = cls.from_config(config)
+    s.alphas_cumprod = s.alphas_cumprod.double()
+    if hasattr(s, "final_alpha_cumprod"):
+        s.final_alpha_cumprod = torch.as_tensor(s.final_alpha_cumprod).double()
+    s.one = torch.tensor(1.0, dtype=torch.float64)
+    s.set_timesteps(steps)
+    return s
