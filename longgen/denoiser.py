@@ -137,10 +137,15 @@ def cat_cond(conds: Sequence[Any], sizes: Sequence[int]) -> Any:
 
 @dataclass
 class Request:
-    """One evaluation the step needs: ``x`` under ``cond``; ``guided`` adds the uncond pass."""
+    """One evaluation the step needs: ``x`` under ``cond``; ``guided`` adds the uncond pass.
+
+    ``rows`` picks which rows of a per-window condition (batch > 1) go with ``x`` when ``x`` holds
+    only some of the windows (ALM evaluates the blended input only for windows that observe).
+    """
 
     x: torch.Tensor
     guided: bool = False
+    rows: torch.Tensor | None = None
 
 
 class Evaluator:
@@ -180,14 +185,17 @@ class Evaluator:
         xs, conds, sizes, spans = [], [], [], []
         for r in requests:
             n = r.x.shape[0]
+            cond, uncond = self.cond, self.uncond
+            if r.rows is not None:
+                cond, uncond = _take_rows(cond, r.rows), _take_rows(uncond, r.rows)
             if r.guided and self.guides:
                 xs += [r.x, r.x]
-                conds += [self.uncond, self.cond]
+                conds += [uncond, cond]
                 sizes += [n, n]
                 spans.append(2)
             else:
                 xs.append(r.x)
-                conds.append(self.cond)
+                conds.append(cond)
                 sizes.append(n)
                 spans.append(1)
         x = torch.cat(xs, dim=0)
@@ -220,6 +228,20 @@ class Evaluator:
             self.rows += xb.shape[0]
             outs.append(out.to(x.dtype))
         return torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
+
+
+def _take_rows(cond: Any, rows: torch.Tensor) -> Any:
+    """Rows of a batched condition; a condition with batch 1 (or none) is shared and kept."""
+    n = cond_batch_size(cond)
+    if n is None or n == 1:
+        return cond
+    if isinstance(cond, torch.Tensor):
+        return cond[rows.to(cond.device)]
+    if isinstance(cond, dict):
+        return {k: _take_rows(v, rows) for k, v in cond.items()}
+    if isinstance(cond, (tuple, list)):
+        return type(cond)(_take_rows(v, rows) for v in cond)
+    return cond
 
 
 def _slice_cond(cond: Any, a: int, b: int) -> Any:

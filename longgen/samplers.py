@@ -31,9 +31,9 @@ def alm_step(ev, sch, i, y, x_t, m, act, w1, w2, generator):
     t, sig, pt = sch.timesteps[i], sch.sigma(i), ev.denoiser.prediction_type
     yp = y
     if (w1 or w2) and act.any():
-        ya, ma = y[act], m[act]
+        ya, ma, rows = y[act], m[act], act.nonzero().squeeze(1)
         e = x_t[act] * (1 - ma) + ya * ma                              # E = X_t (1-M) + Y_t M
-        out_y, out_e = ev(t, [Request(ya), Request(e)])                # eps_c(Y_t), eps_c(E): 1 forward
+        out_y, out_e = ev(t, [Request(ya, rows=rows), Request(e, rows=rows)])  # eps_c(Y_t), eps_c(E): 1 forward
         eps_y, eps_e = _eps(sch, i, out_y, ya, pt), _eps(sch, i, out_e, e, pt)
         yp = y.clone()
         yp[act] = ya + sig * ma * (w1 * (eps_y - eps_e) - w2 * eps_e)  # Y' (likelihood step)
@@ -44,6 +44,27 @@ def alm_step(ev, sch, i, y, x_t, m, act, w1, w2, generator):
     return ys
 
 
+def alm_chained_step(ev, sch, i, y, x_of, m, act, w1, w2, generator):
+    """ALM over windows in the released wide-image order: eps_c(Y) for all windows in one batch,
+    then window by window E_b from its neighbour's already-updated Y' (one forward each), then
+    eps_g(Y') batched, the base step and the sync. ``x_of(b, y_now)`` gives window b's X_t."""
+    t, sig, pt = sch.timesteps[i], sch.sigma(i), ev.denoiser.prediction_type
+    (out_y,) = ev(t, [Request(y)])
+    eps_y = _eps(sch, i, out_y, y, pt)
+    yp, xs = y.clone(), {}
+    for b in act.nonzero().squeeze(1).tolist():
+        xs[b] = x_of(b, yp)
+        e = (xs[b] * (1 - m[b]) + y[b] * m[b])[None]
+        (out_e,) = ev(t, [Request(e, rows=torch.tensor([b]))])
+        eps_e = _eps(sch, i, out_e, e, pt)[0]
+        yp[b] = y[b] + sig * m[b] * (w1 * (eps_y[b] - eps_e) - w2 * eps_e)
+    (out,) = ev(t, [Request(yp, guided=True)])
+    ys = base_step(sch, i, yp, out, pt, generator)
+    for b, x_t in xs.items():
+        ys[b] -= w1 * sig * (1 - m[b]) * (yp[b] - x_t)
+    return ys
+
+
 def alm_fused_step(ev, sch, i, y, x_t, m, act, w1, w2, generator):
     """Paper Eq. 1: the same terms added to one base step at Y_t; eps_c(Y_t) is the cond row of
     the guided evaluation, so a step costs one forward of (2 or 1) + 1 rows per window."""
@@ -51,9 +72,9 @@ def alm_fused_step(ev, sch, i, y, x_t, m, act, w1, w2, generator):
     if not act.any():
         (out,) = ev(t, [Request(y, guided=True)])
         return base_step(sch, i, y, out, pt, generator)
-    ya, ma = y[act], m[act]
+    ya, ma, rows = y[act], m[act], act.nonzero().squeeze(1)
     e = x_t[act] * (1 - ma) + ya * ma
-    (out, out_e), (out_c, _) = ev(t, [Request(y, guided=True), Request(e)], return_cond=True)
+    (out, out_e), (out_c, _) = ev(t, [Request(y, guided=True), Request(e, rows=rows)], return_cond=True)
     ys = base_step(sch, i, y, out, pt, generator)
     eps_y, eps_e = _eps(sch, i, out_c[act], ya, pt), _eps(sch, i, out_e, e, pt)
     ys[act] += sig * ma * (w1 * (eps_y - eps_e) - w2 * eps_e) + w1 * sig * (1 - ma) * (x_t[act] - ya)

@@ -1,0 +1,113 @@
+"""``longgen`` command line: one subcommand per modality plugin found through the
+``longgen.modalities`` entry-point group (the core never imports ``modalities/``).
+
+A plugin is a class with ``name``, ``help``, ``defaults`` (values for the common options),
+``add_arguments(parser)`` and ``build_job(args) -> longgen.run.Job``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from .samplers import METHODS
+
+GROUP = "longgen.modalities"
+COMMON_DEFAULTS = dict(model="builtin", seed=0, steps=50, method="alm", w1=1.0, w2=0.001,
+                       observed="trajectory", group=1, live="batched", given_path="invert",
+                       guidance=None, blend="paste", dtype="fp32", device="cpu")
+NOT_IN_REQUEST = {"resume", "overwrite", "no_progress", "func"}
+
+
+def discover() -> dict:
+    """name -> plugin instance, for every entry point in the ``longgen.modalities`` group."""
+    found = {}
+    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        found[ep.name] = ep.load()()
+    return found
+
+
+def add_common(p: argparse.ArgumentParser, defaults: dict) -> None:
+    d = {**COMMON_DEFAULTS, **defaults}
+    g = p.add_argument_group("sampling and output (common to all modalities)")
+    g.add_argument("--model", default=d["model"], help="'builtin' (exact analytic prior, no download) "
+                   "or a checkpoint: local directory or hub id (default: %(default)s)")
+    g.add_argument("--out", type=Path, required=True, help="output file")
+    g.add_argument("--seed", type=int, default=d["seed"])
+    g.add_argument("--steps", type=int, default=d["steps"], help="sampling steps (default: %(default)s)")
+    g.add_argument("--method", choices=METHODS, default=d["method"])
+    g.add_argument("--w1", type=float, default=d["w1"], help="ALM sync / likelihood weight (default: %(default)s)")
+    g.add_argument("--w2", type=float, default=d["w2"], help="ALM joint-likelihood weight (default: %(default)s)")
+    g.add_argument("--observed", choices=("trajectory", "invert", "noise"), default=d["observed"],
+                   help="where the first window of a group takes its observed overlap from (default: %(default)s)")
+    g.add_argument("--group", type=int, default=d["group"],
+                   help="windows sampled together in one batch, 0 = all (default: %(default)s)")
+    g.add_argument("--live", choices=("batched", "chained"), default=d["live"],
+                   help="order inside a group: batched, or chained = the released order (default: %(default)s)")
+    g.add_argument("--given-path", choices=("invert", "noise"), default=d["given_path"],
+                   help="X_t of user-given content: DDIM inversion or fresh noise (default: %(default)s)")
+    g.add_argument("--guidance", type=float, default=d["guidance"], help="classifier-free guidance scale")
+    g.add_argument("--blend", choices=("paste", "feather", "average"), default=d["blend"],
+                   help="how window overlaps are merged on the canvas (default: %(default)s)")
+    g.add_argument("--dtype", default=d["dtype"], help="fp32 | fp16 | bf16 (default: %(default)s)")
+    g.add_argument("--device", default=d["device"])
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run of the same request")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def request_of(args: argparse.Namespace) -> dict:
+    """The arguments that define the output, JSON-able (for the resume manifest)."""
+    req = {}
+    for k, v in sorted(vars(args).items()):
+        if k in NOT_IN_REQUEST:
+            continue
+        req[k] = str(v) if isinstance(v, Path) else v
+    return req
+
+
+def build_parser(plugins: dict) -> argparse.ArgumentParser:
+    names = ", ".join(plugins) or "none (is the package installed? pip install -e .)"
+    parser = argparse.ArgumentParser(
+        prog="longgen",
+        description="Long and wide generation with pretrained diffusion models: overlapping windows "
+                    "sampled with ALM, streamed to disk, resumable.",
+        epilog=f"modalities found (entry-point group {GROUP}): {names}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(plugins) + "}")
+    for name, plugin in plugins.items():
+        p = sub.add_parser(name, help=plugin.help, description=plugin.help)
+        plugin.add_arguments(p)
+        add_common(p, getattr(plugin, "defaults", {}))
+    return parser
+
+
+def main(argv=None) -> int:
+    plugins = discover()
+    parser = build_parser(plugins)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from .run import run_job
+
+    plugin = plugins[args.command]
+    try:
+        job = plugin.build_job(args)
+        progress = None
+        if not args.no_progress:
+            from tqdm.auto import tqdm
+            progress = tqdm
+        paths = run_job(job, resume=args.resume, overwrite=args.overwrite, progress=progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"longgen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"outputs": [str(p) for p in paths], "windows": len(job.engine.plan),
+                      "forwards": job.engine.forwards, **job.info}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""The streaming engine: samples a plan's windows group by group and yields finished chunks.
+
+G windows are sampled together in one batch. Inside a group each window's observed overlap comes
+from its left neighbour's CURRENT latent (``live``, as the released wide-image code does) — either
+all windows at once from the state at the start of the step (``live="batched"``: one forward for
+all blended inputs) or in the released order (``live="chained"``: window by window, each reading
+its neighbour after the neighbour's likelihood step; G = all reproduces the released procedure).
+The first window of a group observes the previous group's last window through ``observed``:
+
+* ``trajectory`` — that window's own per-step latents, stored while it was sampled (free);
+* ``invert``     — DDIM inversion of its finished latent (one extra forward per step);
+* ``noise``      — fresh q(X_t | X_0) of its finished latent every step.
+
+User-given content (motion keyframes, a video's first clip, an inpainting source) is observed
+through ``given_path``: ``invert`` (DDIM inversion of the masked window, as released for
+inpainting) or ``noise`` (as released for motion). Given content wins over the overlap.
+
+Finished windows go onto a :class:`stitch.Canvas`; everything before the next group's first window
+is final and is yielded as a :class:`Chunk`. Memory: G windows, the canvas tail and (for
+``trajectory``) one window's overlap per step — never the whole output.
+
+Randomness is a function of (seed, position) for initial noise — overlapping windows share their
+initial noise where they overlap, like the released canvas noise — and of (seed, group) for
+step noise, so a run resumed at a group boundary draws exactly what the uninterrupted one drew.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+from stitch import Canvas
+
+from .api import check_method, check_weights
+from .denoiser import Evaluator, cat_cond
+from .observed import ddim_invert
+from .planner import Plan, Window
+from .samplers import STEPS, alm_chained_step, observed_windows
+from .schedule import make_schedule, q_sample
+
+OBSERVED_SOURCES = ("trajectory", "invert", "noise")
+LIVE_ORDERS = ("batched", "chained")
+GIVEN_PATHS = ("invert", "noise")
+BLENDS = ("paste", "feather", "average")
+
+
+@dataclass
+class EngineConfig:
+    method: str = "alm"
+    w1: float = 1.0
+    w2: float = 0.001
+    steps: int = 50
+    group: int = 1                      # windows per batch; 0 = all
+    observed: str = "trajectory"        # group boundary source
+    live: str = "batched"               # order inside a group
+    given_path: str = "invert"
+    guidance_scale: float = 1.0
+    blend: str = "paste"
+    seed: int = 0
+    paste_given: bool = False           # copy given content into the result exactly (e.g. an init clip)
+
+    def validate(self) -> "EngineConfig":
+        check_method(self.method)
+        check_weights(self.w1, self.w2)
+        for name, val, allowed in (("observed", self.observed, OBSERVED_SOURCES),
+                                   ("live", self.live, LIVE_ORDERS),
+                                   ("given_path", self.given_path, GIVEN_PATHS),
+                                   ("blend", self.blend, BLENDS)):
+            if val not in allowed:
+                raise ValueError(f"unknown {name} {val!r}; allowed: {', '.join(allowed)}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if not isinstance(self.group, int) or self.group < 0:
+            raise ValueError(f"group must be an integer >= 0 (0 = all windows), got {self.group!r}")
+        if self.live == "chained" and self.method != "alm":
+            raise ValueError("live='chained' is the released ALM order; it needs method='alm'")
+        return self
+
+
+@dataclass
+class Given:
+    """Content the user gives along the long axis: ``values`` (window shape, long axis of length
+    n <= plan length, starting at position 0) and ``known`` (same shape or broadcastable; 1 where
+    observed). Positions >= n are not given."""
+
+    values: torch.Tensor
+    known: torch.Tensor
+
+
+@dataclass
+class Chunk:
+    start: int
+    stop: int
+    latent: torch.Tensor      # per-window shape with the long axis of length stop - start
+    windows_done: int
+
+
+def _sl(axis: int, a: int, b: int, ndim: int):
+    """Index selecting [a, b) along negative ``axis`` of a tensor with ``ndim`` dims."""
+    idx = [slice(None)] * ndim
+    idx[ndim + axis] = slice(a, b)
+    return tuple(idx)
+
+
+class NoiseField:
+    """Initial noise as a function of position on the long axis: position p's slice is drawn
+    from its own generator seeded by (seed, p), so any window's noise is reproducible on its own."""
+
+    def __init__(self, seed: int, shape: tuple, axis: int, dtype, device):
+        self.seed, self.shape, self.axis, self.dtype, self.device = seed, shape, axis, dtype, device
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        sl_shape = list(self.shape)
+        sl_shape[len(self.shape) + self.axis] = 1
+        parts = []
+        for p in range(start, stop):
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + p) % (2**63 - 1))
+            parts.append(torch.randn(sl_shape, generator=g, dtype=torch.float32).to(self.dtype))
+        return torch.cat(parts, dim=len(self.shape) + self.axis).to(self.device)
+
+
+def _gen(seed: int, group: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 7_919 + group * 104_729 + salt) % (2**63 - 1))
+
+
+class Engine:
+    """Iterate to get :class:`Chunk` s; ``state_dict`` after any chunk resumes from there."""
+
+    def __init__(self, denoiser, scheduler, plan: Plan, shape: tuple, axis: int, config: EngineConfig,
+                 *, cond: Any = None, uncond: Any = None,
+                 window_cond: Callable[[Window], tuple[Any, Any]] | None = None,
+                 given: Given | None = None, dtype=torch.float32, device="cpu", progress=None):
+        self.den, self.plan, self.cfg = denoiser, plan, config.validate()
+        self.shape, self.axis = tuple(shape), axis
+        if self.shape[axis] != plan.window:
+            raise ValueError(f"window shape {self.shape} has {self.shape[axis]} positions on axis {axis}; "
+                             f"the plan's window is {plan.window}")
+        kind = config.method if config.method in ("ddim", "ddpm") else None
+        self.sch = make_schedule(scheduler, config.steps, kind=kind)
+        self.cond, self.uncond, self.window_cond = cond, uncond, window_cond
+        self.given = given
+        self.dtype, self.device = dtype, device
+        self.noise = NoiseField(config.seed, self.shape, axis, dtype, device)
+        self.G = config.group if 0 < config.group < len(plan) else len(plan)
+        self.canvas = Canvas(plan.length, axis, mode=config.blend)
+        self.next_window = 0
+        self.prev_final: torch.Tensor | None = None   # last finished window's latent
+        self.prev_traj: list[torch.Tensor] | None = None  # its per-step latents (trajectory)
+        self.progress = progress
+        self.forwards = 0
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict:
+        d = {"next_window": self.next_window, "canvas": self.canvas.state_dict()}
+        if self.prev_final is not None:
+            d["prev_final"] = self.prev_final
+        if self.prev_traj is not None:
+            d["prev_traj"] = torch.stack(self.prev_traj)
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        self.next_window = int(d["next_window"])
+        self.canvas = Canvas.from_state_dict(d["canvas"])
+        self.prev_final = d.get("prev_final")
+        traj = d.get("prev_traj")
+        self.prev_traj = list(traj.unbind(0)) if traj is not None else None
+
+    # ------------------------------------------------------------------ helpers
+    def _slice(self, x, a, b):
+        return x[_sl(self.axis, a, b, x.ndim)]
+
+    def _given_window(self, w: Window):
+        """(values, known) of the given content inside window w, or None."""
+        if self.given is None:
+            return None
+        n = self.given.values.shape[self.axis]
+        if w.start >= n:
+            return None
+        vals = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        known = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        stop = min(w.stop, n)
+        gv = self._slice(self.given.values, w.start, stop).to(self.dtype)
+        gk = self._slice(self.given.known.expand_as(self.given.values), w.start, stop).to(self.dtype)
+        vals[_sl(self.axis, 0, stop - w.start, vals.ndim)] = gv
+        known[_sl(self.axis, 0, stop - w.start, known.ndim)] = gk
+        if not known.any():
+            return None
+        return vals * known, known
+
+    def _conds(self, windows):
+        if self.window_cond is None:
+            return self.cond, self.uncond
+        pairs = [self.window_cond(w) for w in windows]
+        n = [1] * len(pairs)
+        return cat_cond([p[0] for p in pairs], n), cat_cond([p[1] for p in pairs], n)
+
+    # ------------------------------------------------------------------ main loop
+    def __iter__(self) -> Iterator[Chunk]:
+        plan = self.plan
+        while self.next_window < len(plan):
+            k0 = self.next_window
+            group = plan.windows[k0:k0 + self.G]
+            y = self._sample_group(group, k0)
+            for b, w in enumerate(group):
+                self.canvas.add(w.start, y[b])
+            k1 = k0 + len(group)
+            self.next_window = k1
+            upto = plan.finished_upto(k1 - 1)
+            start = self.canvas.done
+            chunk = self.canvas.finish(upto)
+            if chunk is not None:
+                yield Chunk(start, upto, chunk, k1)
+
+    @torch.no_grad()
+    def _sample_group(self, group: list[Window], k0: int) -> torch.Tensor:
+        cfg, sch, ax = self.cfg, self.sch, self.axis
+        G, N = len(group), len(sch)
+        cond, uncond = self._conds(group)
+        ev = Evaluator(self.den, cond=cond, uncond=uncond, guidance_scale=cfg.guidance_scale)
+        cond_ev = Evaluator(self.den, cond=cond, uncond=uncond)  # inversions: condition only
+        gen = _gen(cfg.seed, k0, 0)
+        plain = cfg.method in ("ddim", "ddpm")
+
+        # masks: overlap with earlier windows and given content are observed (M = 0)
+        mask = torch.ones((G, *self.shape), dtype=self.dtype, device=self.device)
+        given_x0 = torch.zeros_like(mask)
+        given_known = torch.zeros_like(mask)
+        for b, w in enumerate(group):
+            mask[b][_sl(ax, 0, w.new_from, len(self.shape))] = 0
+            gw = self._given_window(w)
+            if gw is not None:
+                given_x0[b], given_known[b] = gw
+        mask = mask * (1 - given_known)
+        if plain:
+            mask = torch.ones_like(mask)
+        act = observed_windows(mask)
+
+        # given content's X_t per step
+        has_given = given_known.flatten(1).any(1)
+        given_traj = None
+        if has_given.any() and not plain and cfg.given_path == "invert":
+            idx = has_given.nonzero().squeeze(1)
+            inv = ddim_invert(cond_ev, sch, given_x0[idx])  # masked source, as released
+            given_traj = (idx, inv)
+        given_gen = _gen(cfg.seed, k0, 1)
+
+        # the first window's overlap with the previous group
+        w0 = group[0]
+        prev_src = None
+        if k0 > 0 and w0.new_from > 0 and not plain:
+            prev_w = self.plan.windows[k0 - 1]
+            d = w0.start - prev_w.start
+            if cfg.observed == "trajectory":
+                prev_src = self.prev_traj  # stored overlap columns, one per step
+            elif cfg.observed == "invert":
+                inv = ddim_invert(cond_ev, sch, self.prev_final[None])
+                prev_src = [self._slice(x[0], d, d + w0.new_from) for x in inv]
+            else:
+                prev_x0 = self._slice(self.prev_final, d, d + w0.new_from)
+                prev_gen = _gen(cfg.seed, k0, 2)
+                prev_src = lambda i: q_sample(sch, i, prev_x0, torch.randn(
+                    prev_x0.shape, generator=prev_gen, dtype=self.dtype).to(self.device))
+            if prev_src is None:
+                raise RuntimeError("internal: no source for the group's first window")
+
+        def overlap_from_prev(i):
+            return prev_src(i) if callable(prev_src) else prev_src[i]
+
+        def x_of(b: int, i: int, y_now: torch.Tensor, prev_i) -> torch.Tensor:
+            """X_t of window b at step i given the group's current latents."""
+            w = group[b]
+            x = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+            if w.new_from > 0:
+                if b > 0:
+                    d = w.start - group[b - 1].start
+                    x[_sl(ax, 0, w.new_from, x.ndim)] = self._slice(y_now[b - 1], d, d + w.new_from)
+                elif prev_i is not None:
+                    x[_sl(ax, 0, w.new_from, x.ndim)] = prev_i
+            if has_given[b]:
+                if given_traj is not None:
+                    gx = given_traj[1][i][(given_traj[0] == b).nonzero()[0, 0]]
+                else:
+                    gx = q_sample(sch, i, given_x0[b], torch.randn(
+                        self.shape, generator=given_gen, dtype=self.dtype).to(self.device))
+                x = torch.where(given_known[b].bool(), gx, x)
+            return x
+
+        # initial latents from the position-keyed noise field
+        y = torch.stack([self.noise(w.start, w.stop) for w in group])
+        last = group[-1]
+        nxt = self.plan.windows[k0 + G] if k0 + G < len(self.plan) else None
+        keep_traj = cfg.observed == "trajectory" and nxt is not None and not plain
+        traj = []
+        steps = range(N)
+        if self.progress is not None:
+            steps = self.progress(steps, desc=f"windows {k0}-{k0 + G - 1}", leave=False)
+        step = STEPS[cfg.method]
+        for i in steps:
+            if keep_traj:
+                d = nxt.start - last.start
+                traj.append(self._slice(y[-1], d, d + nxt.new_from).clone())
+            prev_i = overlap_from_prev(i) if prev_src is not None else None
+            if plain:
+                y = step(ev, sch, i, y, y, mask, act, cfg.w1, cfg.w2, gen)
+            elif cfg.live == "chained":
+                y = alm_chained_step(ev, sch, i, y, lambda b, yn: x_of(b, i, yn, prev_i), mask, act,
+                                     cfg.w1, cfg.w2, gen)
+            else:
+                x_t = torch.stack([x_of(b, i, y, prev_i) for b in range(G)])
+                y = step(ev, sch, i, y, x_t, mask, act, cfg.w1, cfg.w2, gen)
+        if cfg.method == "replace":  # the observed region is X_0 exactly: neighbours' finals, given
+            x0 = torch.zeros_like(y)
+            for b, w in enumerate(group):
+                if w.new_from == 0:
+                    continue
+                src = y[b - 1] if b > 0 else self.prev_final
+                d = w.start - (group[b - 1].start if b > 0 else self.plan.windows[k0 - 1].start)
+                x0[b][_sl(ax, 0, w.new_from, x0.ndim - 1)] = self._slice(src, d, d + w.new_from)
+            x0 = torch.where(given_known.bool(), given_x0, x0)
+            y = torch.where(mask.bool(), y, x0)
+        if cfg.paste_given and has_given.any():
+            y = torch.where(given_known.bool(), given_x0, y)
+        self.forwards += ev.calls + cond_ev.calls
+        self.prev_final = y[-1].clone()
+        self.prev_traj = traj if keep_traj else None
+        return y

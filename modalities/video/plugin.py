@@ -1,0 +1,99 @@
+"""Video modality: ``longgen video`` — 16-frame windows at an 8-frame stride (the paper's LaVie
+setting: 12 windows for 104 frames), decoded frame by frame and encoded to mp4 as they finish.
+
+``--model builtin`` samples the exact landscape video prior; ``--init clip.mp4`` gives the first
+frames, which the following windows extend. Real video UNets: :mod:`modalities.video.jobs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from longgen.builtin import LatentRGB, video_prior
+from longgen.cli import request_of
+from longgen.engine import Engine, Given
+from longgen.planner import plan_windows
+from longgen.priors import PriorDenoiser
+from longgen.run import Job
+from stitch import StreamingDecoder
+
+from ..image.plugin import VAE_SCALE, builtin_scheduler, check_builtin_dtype, check_pixels, engine_config, scene_class
+from .writers import MP4Writer, read_video
+
+
+def check_frames(args, window: int) -> None:
+    if not isinstance(args.frames, int) or args.frames < 1:
+        raise ValueError(f"--frames must be a positive integer, got {args.frames!r}")
+    if args.frames < window:
+        raise ValueError(f"--frames {args.frames} is fewer than one window ({window} frames); allowed: >= {window}")
+
+
+def clip_to_tensor(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """(F, h, w, 3) uint8 -> (3, F, height, width) in [-1, 1]: resize the short side, centre-crop."""
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(frames).float().permute(0, 3, 1, 2) / 127.5 - 1  # (F, 3, h, w)
+    h, w = x.shape[-2:]
+    s = max(height / h, width / w)
+    nh, nw = max(height, round(h * s)), max(width, round(w * s))
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    x = x[..., top:top + height, left:left + width]
+    return x.permute(1, 0, 2, 3).contiguous()
+
+
+class Video:
+    name = "video"
+    help = "long videos: 16-frame windows at an 8-frame stride, streamed to mp4"
+    defaults = dict(w2=0.001, steps=50, observed="trajectory", blend="feather")
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--frames", type=int, default=104, help="output length in frames (default: %(default)s)")
+        p.add_argument("--window-frames", type=int, default=None, help="window length (default: the model's, 16)")
+        p.add_argument("--stride-frames", type=int, default=None, help="window stride (default: half the window)")
+        p.add_argument("--height", type=int, default=None, help="frame height in pixels (builtin default 128)")
+        p.add_argument("--width", type=int, default=None, help="frame width in pixels (builtin default 128)")
+        p.add_argument("--fps", type=float, default=8.0, help="output frame rate (default: %(default)s)")
+        p.add_argument("--init", type=Path, default=None, help="a clip whose first window-length frames start the video")
+        p.add_argument("--prompt", default="")
+        p.add_argument("--negative-prompt", default=None)
+
+    def build_job(self, args) -> Job:
+        if not (isinstance(args.fps, (int, float)) and args.fps > 0):
+            raise ValueError(f"--fps must be a positive number, got {args.fps!r}")
+        if args.model != "builtin":
+            from .jobs import video_job
+
+            return video_job(args)
+        dtype = check_builtin_dtype(args)
+        window = args.window_frames or 16
+        stride = args.stride_frames or window // 2
+        check_frames(args, window)
+        H = check_pixels("height", args.height or 128)
+        W = check_pixels("width", args.width or 128)
+        plan = plan_windows(args.frames, window, stride)
+        h, w = H // VAE_SCALE, W // VAE_SCALE
+        rgb = LatentRGB()
+        given = None
+        if args.init is not None:
+            frames, _ = read_video(args.init)
+            if len(frames) < window:
+                raise ValueError(f"--init clip has {len(frames)} frames; it needs at least one window ({window})")
+            clip = clip_to_tensor(frames[:window], H, W)                     # (3, F, H, W)
+            lat = rgb.encode(clip[None].double())[0].to(dtype)                # (4, F, h, w)
+            given = Given(values=lat, known=torch.ones_like(lat))
+        sch = builtin_scheduler()
+        den = PriorDenoiser.for_scheduler(video_prior(frames=window, height=h, width=w), sch)
+        cls = scene_class(args.prompt)
+        guidance = args.guidance if args.guidance is not None else (3.0 if cls >= 0 else 1.0)
+        cfg = engine_config(args, guidance)
+        cfg.paste_given = True  # the init clip is kept as given
+        engine = Engine(den, sch, plan, (4, window, h, w), -3, cfg,
+                        cond=torch.tensor([cls]), uncond=torch.tensor([-1]), given=given, dtype=dtype)
+        decoder = StreamingDecoder(lambda z: rgb.decode(z[None])[0], axis=-3, halo=0, scale=1)
+        return Job(engine, decoder, MP4Writer(args.out, args.fps), request_of(args), Path(args.out),
+                   info={"frames": args.frames, "height": H, "width": W})
