@@ -123,13 +123,8 @@ def base_step(schedule: Schedule, i: int, x: torch.Tensor, output: torch.Tensor,
     if schedule.timesteps[i] > 0:
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         var = ((1 - a_s) / (1 - a_t) * beta_t).clamp(min=1e-20)
-        if schedule.variance_type == "fixed_small":
-            std = var.sqrt()
-        elif schedule.variance_type == "fixed_small_log":
-            std = var  # diffusers multiplies the noise by exp(0.5 log var) without a further sqrt
-            std = torch.exp(0.5 * torch.log(std))
-        else:  # fixed_large
-            std = beta_t.sqrt()
+        # fixed_small and fixed_small_log both scale the noise by sqrt(var) in diffusers
+        std = beta_t.sqrt() if schedule.variance_type == "fixed_large" else var.sqrt()
         mean = mean + std * noise
     return mean
 
