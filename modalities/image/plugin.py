@@ -54,6 +54,14 @@ def split_prompts(prompt: str, n_windows: int) -> list[str]:
     return parts
 
 
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """Options that only matter with a diffusers checkpoint (``--model PATH|HUB_ID``)."""
+    p.add_argument("--vae", default=None,
+                   help="another VAE (directory or hub id; AutoencoderTiny for fast previews)")
+    p.add_argument("--local-files-only", action=argparse.BooleanOptionalAction, default=True,
+                   help="read hub ids from the local cache only (default: %(default)s)")
+
+
 def check_pixels(name: str, value: int) -> int:
     if not isinstance(value, int) or value <= 0 or value % VAE_SCALE:
         raise ValueError(f"--{name} must be a positive multiple of {VAE_SCALE} pixels, got {value}")
@@ -87,6 +95,9 @@ class Panorama:
         p.add_argument("--stride", type=int, default=None, help="window stride in pixels (default: 3/4 of the window, 384 for 512)")
         p.add_argument("--prompt", default="", help="text prompt; 'a|b|c' = one prompt per window")
         p.add_argument("--negative-prompt", default=None)
+        p.add_argument("--decode-halo", type=int, default=8,
+                       help="latents of context each side of a streamed VAE decode (default: %(default)s)")
+        add_checkpoint_arguments(p)
 
     def build_job(self, args) -> Job:
         check_pixels("width", args.width)
@@ -127,6 +138,7 @@ class Inpaint:
         p.add_argument("--negative-prompt", default=None)
         p.add_argument("--blend-pixels", type=int, default=0,
                        help="also write <out>-blended.png: pixels pasted back through a mask blurred by this radius")
+        add_checkpoint_arguments(p)
 
     def build_job(self, args) -> Job:
         if args.model != "builtin":

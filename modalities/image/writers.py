@@ -1,14 +1,18 @@
 """Panorama output: finished strips written as PNGs while the run goes on, assembled at the end.
 
 Strips live in the run's work directory (``strip_00000.png`` ...), each readable on its own, so an
-interrupted run leaves a viewable partial panorama. The final PNG is assembled from the strips
-and written atomically.
+interrupted run leaves a viewable partial panorama. The final PNG is assembled from the strips in
+bands of rows and compressed as a stream (:func:`write_png_stream`), so assembling a 32768-px
+panorama holds one band, not the whole image; it is written atomically.
 """
 
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -55,20 +59,52 @@ class PNGStripWriter:
     def state(self) -> dict:
         return {"strips": self.strips, "width": self.width}
 
-    def close(self) -> list[Path]:
+    def close(self, band: int = 64) -> list[Path]:
         from PIL import Image
 
-        height = None
-        canvas = None
-        x = 0
-        for k in range(self.strips):
-            strip = np.asarray(Image.open(self.work / f"strip_{k:05d}.png").convert("RGB"))
-            if canvas is None:
-                height = strip.shape[0]
-                canvas = np.zeros((height, self.width, 3), dtype=np.uint8)
-            canvas[:, x:x + strip.shape[1]] = strip
-            x += strip.shape[1]
+        paths = [self.work / f"strip_{k:05d}.png" for k in range(self.strips)]
+        if not paths:
+            raise ValueError("no strips were written")
+        height = Image.open(paths[0]).size[1]
+
+        def bands():  # decode each strip once per band: one band of the panorama in memory
+            for top in range(0, height, band):
+                bottom = min(top + band, height)
+                parts = []
+                for p in paths:
+                    with Image.open(p) as im:
+                        parts.append(np.asarray(im.convert("RGB").crop((0, top, im.size[0], bottom))))
+                yield np.concatenate(parts, axis=1)
+
         tmp = self.out.with_name(self.out.name + ".tmp.png")
-        Image.fromarray(canvas).save(tmp)
+        write_png_stream(tmp, self.width, height, bands())
         os.replace(tmp, self.out)
         return [self.out]
+
+
+def _chunk(f, kind: bytes, data: bytes) -> None:
+    f.write(struct.pack(">I", len(data)) + kind + data)
+    f.write(struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def write_png_stream(path: Path, width: int, height: int, bands: Iterable[np.ndarray]) -> None:
+    """Write an 8-bit RGB PNG from bands of rows ((h, width, 3) uint8, top to bottom) without
+    holding the image: each row is filtered with filter 0 and fed to one zlib stream (PNG spec,
+    ISO/IEC 15948 sections 5-6, 10-11)."""
+    comp = zlib.compressobj(6)
+    seen = 0
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        _chunk(f, b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        for rows in bands:
+            if rows.shape[1:] != (width, 3) or rows.dtype != np.uint8:
+                raise ValueError(f"band of shape {rows.shape} {rows.dtype}; expected (h, {width}, 3) uint8")
+            raw = np.concatenate([np.zeros((rows.shape[0], 1), np.uint8), rows.reshape(rows.shape[0], -1)], 1)
+            data = comp.compress(raw.tobytes())
+            if data:
+                _chunk(f, b"IDAT", data)
+            seen += rows.shape[0]
+        _chunk(f, b"IDAT", comp.flush())
+        _chunk(f, b"IEND", b"")
+    if seen != height:
+        raise ValueError(f"wrote {seen} rows, expected {height}")

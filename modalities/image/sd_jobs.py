@@ -1,0 +1,377 @@
+"""Panoramas and inpainting with real Stable Diffusion checkpoints (SD 1.x, 2.x, XL).
+
+Used by ``longgen panorama --model PATH|HUB_ID`` / ``longgen inpaint --model ...`` (through
+:func:`sd_panorama_job` / :func:`sd_inpaint_job`) and from Python through :func:`panorama` and
+:func:`inpaint`, which take an :class:`~modalities.image.sd.SDModel`, a diffusers pipeline or a
+checkpoint path, in the manner of a diffusers pipeline call.
+
+Panorama: windows of the model's native size (``SDModel.image_size``: 512 px for SD 1.5 / 2.1-base,
+1024 px for SDXL) along the width, at 3/4 of that stride by default (released ALM wide-image code,
+Hleephilip/ALM_public ``alm/wide_image.py``: 64-latent windows, 48-latent stride), the last window
+aligned to the right end so that any width that is a multiple of 8 works. ``a|b|c`` gives one
+prompt per window. SDXL's micro-conditioning uses the window's size (``encode_prompt(size=...)``).
+Finished latent chunks are decoded by :class:`stitch.StreamingDecoder` with a halo of
+:data:`DECODE_HALO` latents and written as PNG strips while later windows are being sampled.
+
+Why a halo and how exact it is: the SD VAE decoder is convolutional except for its mid-block
+self-attention and its GroupNorm statistics, which see the whole decoded tile, so a chunk decoded
+with a halo is close to, not equal to, the whole canvas decoded at once. Measured on the tiny
+random VAE of ``tests/fixtures/tiny_sd.py`` (8x, mid-block attention), N(0, 1) latents 80 wide,
+streamed in the engine's 12-latent chunks, unclamped output in [-1, 1] units, against one whole
+decode: halo 0 -> max-abs 1.72, mean-abs 0.067; halo 4 -> 0.45 / 0.023; halo 8 (the default)
+-> 0.26 / 0.017; halo 16 -> 0.22 / 0.014; halo 32 -> 0.11 / 0.0065. The error falls slowly
+beyond 8 because what remains is the per-tile GroupNorm statistics, not the receptive field.
+A random VAE is a harsh case (no trained smoothness); ``--decode-halo`` trades time for it, and a
+halo as wide as the canvas gives the whole decode exactly (one VAE call at the end, no streaming).
+``tests/test_sd_cli.py::test_streaming_decode_halo_vs_whole`` checks these bounds.
+
+UNet forwards (what one sampling step costs; asserted by ``tests/test_sd_cli.py`` with a forward
+pre-hook on the UNet; guidance != 1 doubles the rows of a guided request, never the forwards):
+
+* panorama, ``--method alm`` (default), ``--group 1``: 2 forwards per step per window — one with
+  the rows [eps_c(Y_t), eps_c(E)], one with [uncond(Y'), cond(Y')] — and 1 for the first window
+  (it observes nothing): ``steps * (2 * windows - 1)`` in all; 4 rows per step per window.
+* panorama, ``--method alm-fused``: 1 forward per step per window, rows [uncond(Y), cond(Y),
+  cond(E)]: ``steps * windows``.
+* ``--group G``: the G windows of a group share those forwards: ``alm`` 2 per step per group
+  (1 for a first group of one window), ``alm-fused`` 1; ``--group 0`` = all windows at once:
+  2 (``alm``) or 1 (``alm-fused``) forward per step for the whole panorama.
+* inpainting: ``steps`` forwards for the DDIM inversion of the masked source (condition only)
+  plus 2 per step (``alm``) or 1 (``alm-fused``): ``3 * steps`` or ``2 * steps``.
+
+For comparison, diffusers' ``StableDiffusionPanoramaPipeline`` (MultiDiffusion, 64-latent views at
+stride 8) evaluates 25 views x 2 rows = 50 UNet rows per step at 2048x512; ALM here evaluates
+5 windows x 4 rows - 2 = 18.
+
+Inpainting follows the released ``alm/inpainting.py``: the masked source is VAE-encoded
+(``latent_dist.mode() * scaling_factor``), DDIM-inverted with the conditional prediction, and the
+inversion trajectory is the observed X_t; one window covers the image. The pixel mask is resized
+to the latent grid with nearest-neighbour sampling. ``--blend-pixels R`` also writes the image
+with pixels pasted back through the mask blurred by R (pixels farther than R from the mask are the
+source's exactly).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from longgen.cli import request_of
+from longgen.engine import Engine, EngineConfig, Given
+from longgen.planner import Plan, plan_windows
+from longgen.run import Job
+from stitch import StreamingDecoder
+
+from .sd import SDModel, load_sd, resolve_dtype
+
+DECODE_HALO = 8  # latents of context each side of a decoded chunk (64 px for SD)
+SD_GUIDANCE = 7.5  # released ALM wide-image and inpainting default
+
+
+# --------------------------------------------------------------------------- model
+
+
+def as_sd_model(model: Any, *, dtype: str = "fp32", device: str = "cpu",
+                local_files_only: bool = True, vae: Any = None) -> SDModel:
+    """An :class:`SDModel` from an SDModel, a diffusers SD/SDXL pipeline, or a path / hub id."""
+    if isinstance(model, SDModel):
+        return model
+    if hasattr(model, "components") and "unet" in getattr(model, "components", {}):
+        return SDModel.from_pipeline(model)
+    if isinstance(model, (str, Path)):
+        return load_sd(model, dtype=dtype, device=device, local_files_only=local_files_only,
+                       vae=vae)
+    raise ValueError(f"model must be an SDModel, a diffusers pipeline, a checkpoint path or a hub "
+                     f"id; got {type(model).__name__}")
+
+
+def unet_forwards(method: str, steps: int, windows: int, group: int = 1) -> int:
+    """UNet forwards of a panorama of ``windows`` windows (``observed`` = trajectory or noise)."""
+    G = group if 0 < group < windows else windows
+    groups = math.ceil(windows / G)
+    per_group = 1 if method in ("alm-fused", "syncsde", "replace", "ddim", "ddpm") else 2
+    lone_first = 1 if (per_group == 2 and G == 1) else 0  # window 0 alone: nothing observed
+    return steps * (per_group * groups - lone_first)
+
+
+# --------------------------------------------------------------------------- panorama
+
+
+def _check_multiple(name: str, value: int, f: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % f:
+        raise ValueError(f"{name} must be a positive multiple of {f} pixels, got {value!r}")
+    return value
+
+
+def panorama_plan(width: int, height: int, window: int, stride: int, f: int = 8) -> Plan:
+    """Windows (latent units) for a ``width`` x ``height`` panorama of ``window``-px windows."""
+    _check_multiple("width", width, f)
+    _check_multiple("height", height, f)
+    _check_multiple("window", window, f)
+    _check_multiple("stride", stride, f)
+    if stride >= window:
+        raise ValueError(f"stride {stride} px must be smaller than the window {window} px so that "
+                         "windows overlap")
+    if width < window:
+        raise ValueError(f"width {width} px is narrower than one window ({window} px); "
+                         f"allowed: width >= {window}")
+    return plan_windows(width // f, window // f, stride // f)
+
+
+def default_stride(window: int, f: int = 8) -> int:
+    """3/4 of the window, in whole latents (384 px for 512, 96 px for the tiny 128)."""
+    return (window // f) * 3 // 4 * f
+
+
+def _take(cond: Any, k: int) -> Any:
+    """Row k of a condition (tensor or dict of tensors), keeping the batch dim."""
+    if isinstance(cond, dict):
+        return {key: v[k:k + 1] for key, v in cond.items()}
+    return cond[k:k + 1]
+
+
+def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, config: EngineConfig,
+                   *, window: int | None = None, stride: int | None = None,
+                   negative_prompt: str | None = None, halo: int = DECODE_HALO,
+                   device: str | torch.device | None = None) -> tuple[Engine, StreamingDecoder]:
+    """The engine and streaming decoder of a panorama; ``prompts`` has 1 or one per window."""
+    f = sd.vae_scale_factor
+    window = sd.image_size if window is None else window
+    stride = default_stride(window, f) if stride is None else stride
+    plan = panorama_plan(width, height, window, stride, f)
+    if len(prompts) not in (1, len(plan)):
+        raise ValueError(f"{len(prompts)} prompts for {len(plan)} windows; give one prompt or one "
+                         "per window")
+    unique = sorted(set(prompts), key=prompts.index)
+    cond, uncond = sd.encode_prompt(unique, negative_prompt, size=(height, window))
+    row = {p: k for k, p in enumerate(unique)}
+    per_window = prompts if len(prompts) > 1 else prompts * len(plan)
+    uncond0 = _take(uncond, 0)
+    window_cond = lambda w: (_take(cond, row[per_window[w.index]]), uncond0)  # noqa: E731
+    shape = (sd.latent_channels, height // f, plan.window)  # (C, h, window) latents
+    engine = Engine(sd.denoiser, sd.scheduler, plan, shape, -1, config, window_cond=window_cond,
+                    dtype=torch.float32, device=device if device is not None else sd.device)
+    decoder = StreamingDecoder(lambda z: sd.vae_decode(z[None])[0], axis=-1, halo=halo, scale=f)
+    return engine, decoder
+
+
+def _seed_of(seed: int | None, generator: torch.Generator | None) -> int:
+    if seed is not None and generator is not None:
+        raise ValueError("give either seed or generator, not both")
+    if generator is not None:
+        return int(generator.initial_seed())
+    return 0 if seed is None else int(seed)
+
+
+@torch.no_grad()
+def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int = 512, *,
+             steps: int = 50, method: str = "alm", w1: float = 1.0, w2: float = 0.001,
+             guidance_scale: float = SD_GUIDANCE, group: int = 1, negative_prompt: str | None = None,
+             window: int | None = None, stride: int | None = None, observed: str = "trajectory",
+             blend: str = "feather", generator: torch.Generator | None = None,
+             seed: int | None = None, halo: int = DECODE_HALO,
+             callback: Callable[[int, torch.Tensor], None] | None = None):
+    """A ``width`` x ``height`` panorama as a ``PIL.Image``.
+
+    ``model``: an :class:`SDModel`, a ``StableDiffusion(XL)Pipeline`` or a checkpoint path.
+    ``prompt``: one string (``a|b|c`` = one per window) or a list with one per window.
+    ``generator`` / ``seed``: the run's seed (a generator contributes its ``initial_seed()``).
+    ``callback(window_index, latent_chunk)`` is called for every finished latent chunk
+    ``(C, h, n)``, with the index of the last window it waited for. The same arguments give the
+    same pixels as ``longgen panorama``.
+    """
+    from PIL import Image
+
+    from .writers import to_uint8
+
+    sd = as_sd_model(model)
+    cfg = EngineConfig(method=method, w1=w1, w2=w2, steps=steps, group=group, observed=observed,
+                       guidance_scale=guidance_scale, blend=blend, seed=_seed_of(seed, generator))
+    if isinstance(prompt, str):
+        prompts = [p.strip() for p in prompt.split("|")]
+    else:
+        prompts = list(prompt)
+    engine, decoder = panorama_parts(sd, prompts, width, height, cfg, window=window, stride=stride,
+                                     negative_prompt=negative_prompt, halo=halo)
+    parts = []
+    for chunk in engine:
+        if callback is not None:
+            callback(chunk.windows_done - 1, chunk.latent)
+        media = decoder.push(chunk.latent)
+        if media is not None:
+            parts.append(media)
+    tail = decoder.flush()
+    if tail is not None:
+        parts.append(tail)
+    return Image.fromarray(to_uint8(torch.cat(parts, dim=-1)))
+
+
+def _load_for(args) -> SDModel:
+    resolve_dtype(args.dtype, args.device)  # fp16 on a CPU fails before any loading
+    return load_sd(args.model, dtype=args.dtype, device=args.device,
+                   local_files_only=getattr(args, "local_files_only", True),
+                   vae=getattr(args, "vae", None))
+
+
+def _config(args, guidance: float) -> EngineConfig:
+    return EngineConfig(method=args.method, w1=args.w1, w2=args.w2, steps=args.steps,
+                        group=args.group, observed=args.observed, live=args.live,
+                        given_path=args.given_path, guidance_scale=guidance, blend=args.blend,
+                        seed=args.seed)
+
+
+def _check_window_args(args) -> None:
+    """Window/stride checks that need no model (so bad values fail before loading)."""
+    for name in ("window", "stride"):
+        v = getattr(args, name, None)
+        if v is not None:
+            _check_multiple(f"--{name}", v, 8)
+    if args.window is not None and args.stride is not None and args.stride >= args.window:
+        raise ValueError(f"--stride {args.stride} must be smaller than --window {args.window} "
+                         "so that windows overlap")
+
+
+def sd_panorama_job(args) -> Job:
+    """The :class:`~longgen.run.Job` of ``longgen panorama --model <checkpoint>``."""
+    from .plugin import split_prompts
+    from .writers import PNGStripWriter
+
+    _check_window_args(args)
+    sd = _load_for(args)
+    window = args.window or sd.image_size
+    stride = args.stride or default_stride(window, sd.vae_scale_factor)
+    if args.stride is None and stride <= 0:
+        raise ValueError(f"--window {window} is too small for a 3/4 stride; give --stride")
+    plan = panorama_plan(args.width, args.height, window, stride, sd.vae_scale_factor)
+    prompts = split_prompts(args.prompt, len(plan))
+    guidance = SD_GUIDANCE if args.guidance is None else args.guidance
+    engine, decoder = panorama_parts(
+        sd, prompts, args.width, args.height, _config(args, guidance), window=window,
+        stride=stride, negative_prompt=args.negative_prompt,
+        halo=getattr(args, "decode_halo", DECODE_HALO), device=args.device)
+    info = {"width": args.width, "height": args.height, "window": window, "stride": stride,
+            "unet_forwards": unet_forwards(args.method, args.steps, len(plan), args.group)}
+    return Job(engine, decoder, PNGStripWriter(args.out), request_of(args), Path(args.out), info=info)
+
+
+# --------------------------------------------------------------------------- inpainting
+
+
+def latent_mask(mask: torch.Tensor, f: int) -> torch.Tensor:
+    """Pixel mask ``(1, H, W)`` (1 = generate) -> latent mask ``(1, H/f, W/f)`` by nearest
+    sampling: latent (i, j) takes pixel (i * f, j * f), as ``F.interpolate(mode='nearest')``."""
+    if mask.ndim != 3 or mask.shape[-2] % f or mask.shape[-1] % f:
+        raise ValueError(f"mask must be (1, H, W) with H, W multiples of {f}; got {tuple(mask.shape)}")
+    h, w = mask.shape[-2] // f, mask.shape[-1] // f
+    return torch.nn.functional.interpolate(mask[None].float(), size=(h, w), mode="nearest")[0]
+
+
+def inpaint_parts(sd: SDModel, source: torch.Tensor, mask: torch.Tensor, prompt: str,
+                  config: EngineConfig, *, negative_prompt: str | None = None,
+                  device: str | torch.device | None = None) -> tuple[Engine, StreamingDecoder]:
+    """Engine and decoder filling ``mask`` (1, H, W) of ``source`` (3, H, W) in [-1, 1]."""
+    f = sd.vae_scale_factor
+    H, W = source.shape[-2:]
+    _check_multiple("image height", H, f)
+    _check_multiple("image width", W, f)
+    if mask.shape[-2:] != source.shape[-2:]:
+        raise ValueError(f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is {W}x{H}; "
+                         "they must match")
+    latent = sd.vae_encode((source * (1 - mask))[None])[0]  # masked source, as released: (C, h, w)
+    lmask = latent_mask(mask, f).to(latent.dtype)  # (1, h, w)
+    h, w = latent.shape[-2:]
+    plan = plan_windows(w, w, max(1, w - 1)) if w > 1 else plan_windows(1, 1, 1)  # one window
+    cond, uncond = sd.encode_prompt(prompt, negative_prompt, size=(H, W))
+    given = Given(values=latent, known=(1 - lmask).expand_as(latent).contiguous())
+    engine = Engine(sd.denoiser, sd.scheduler, plan, tuple(latent.shape), -1, config, cond=cond,
+                    uncond=uncond, given=given, dtype=torch.float32,
+                    device=device if device is not None else sd.device)
+    # one chunk: a halo as wide as the image makes it a single whole-image VAE call
+    decoder = StreamingDecoder(lambda z: sd.vae_decode(z[None])[0], axis=-1, halo=w, scale=f)
+    return engine, decoder
+
+
+@torch.no_grad()
+def inpaint(model: Any, image, mask, prompt: str = "", *, steps: int = 50, method: str = "alm",
+            w1: float = 1.0, w2: float = 0.005, guidance_scale: float = SD_GUIDANCE,
+            negative_prompt: str | None = None, given_path: str = "invert",
+            generator: torch.Generator | None = None, seed: int | None = None,
+            blend_pixels: int = 0):
+    """Fill the white part of ``mask`` in ``image`` (PIL images or paths); returns a ``PIL.Image``
+    (pixel-blended through a mask blurred by ``blend_pixels`` when that is > 0)."""
+    from PIL import Image
+
+    from .plugin import blur_mask
+    from .writers import to_uint8
+
+    sd = as_sd_model(model)
+    source = _image_tensor(image)
+    msk = _mask_tensor(mask, tuple(source.shape[-2:]))
+    cfg = EngineConfig(method=method, w1=w1, w2=w2, steps=steps, given_path=given_path,
+                       guidance_scale=guidance_scale, seed=_seed_of(seed, generator))
+    engine, decoder = inpaint_parts(sd, source, msk, prompt, cfg, negative_prompt=negative_prompt)
+    parts = [m for m in (decoder.push(c.latent) for c in engine) if m is not None]
+    tail = decoder.flush()
+    img = torch.cat(parts + ([tail] if tail is not None else []), dim=-1)
+    if blend_pixels > 0:
+        m = blur_mask(msk, blend_pixels)
+        img = img * m + source * (1 - m)
+    return Image.fromarray(to_uint8(img))
+
+
+def _image_tensor(image) -> torch.Tensor:
+    """A PIL image or path -> (3, H, W) in [-1, 1]."""
+    import numpy as np
+
+    from .plugin import load_image
+
+    if isinstance(image, (str, Path)):
+        return load_image(Path(image))
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1
+
+
+def _mask_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
+    """A PIL image or path -> (1, H, W) with 1 = generate, checked binary and of ``size``."""
+    import tempfile
+
+    from .plugin import load_mask
+
+    if isinstance(mask, (str, Path)):
+        return load_mask(Path(mask), size)
+    with tempfile.TemporaryDirectory() as d:  # one validation path for files and images
+        p = Path(d) / "mask.png"
+        mask.convert("L").save(p)
+        return load_mask(p, size)
+
+
+def sd_inpaint_job(args) -> Job:
+    """The :class:`~longgen.run.Job` of ``longgen inpaint --model <checkpoint>``."""
+    from .plugin import InpaintWriter, load_image, load_mask
+
+    if args.image is None:
+        raise ValueError("--image is required with a checkpoint model (--model "
+                         f"{args.model!r}); give the source image PNG")
+    source = load_image(args.image)
+    H, W = source.shape[-2:]
+    _check_multiple("image height", H, 8)
+    _check_multiple("image width", W, 8)
+    if args.mask is None:
+        mask = torch.zeros(1, H, W)  # the centre square, as the builtin path
+        mask[:, H // 4:3 * H // 4, W // 4:3 * W // 4] = 1
+    else:
+        mask = load_mask(args.mask, (H, W))
+    if args.blend_pixels < 0:
+        raise ValueError(f"--blend-pixels must be >= 0, got {args.blend_pixels}")
+    sd = _load_for(args)
+    guidance = SD_GUIDANCE if args.guidance is None else args.guidance
+    engine, decoder = inpaint_parts(sd, source, mask, args.prompt, _config(args, guidance),
+                                    negative_prompt=args.negative_prompt, device=args.device)
+    writer = InpaintWriter(Path(args.out), source, mask, args.blend_pixels)
+    base = 1 if args.method in ("alm-fused", "syncsde", "replace", "ddim", "ddpm") else 2
+    inv = args.steps if (args.given_path == "invert" and args.method not in ("ddim", "ddpm")) else 0
+    info = {"width": W, "height": H, "unet_forwards": inv + base * args.steps}
+    return Job(engine, decoder, writer, request_of(args), Path(args.out), info=info)
