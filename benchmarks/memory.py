@@ -20,11 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+# the child's own high-water mark (VmHWM); ru_maxrss can carry the parent's over fork/exec
 CHILD = r"""
-import json, resource, sys
+import json, sys
 from longgen.cli import main
 rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"rc": rc, "maxrss_kib": hwm}))
 """
 
 CASES = {

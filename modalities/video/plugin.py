@@ -55,20 +55,29 @@ class Video:
         p.add_argument("--frames", type=int, default=104, help="output length in frames (default: %(default)s)")
         p.add_argument("--window-frames", type=int, default=None, help="window length (default: the model's, 16)")
         p.add_argument("--stride-frames", type=int, default=None, help="window stride (default: half the window)")
-        p.add_argument("--height", type=int, default=None, help="frame height in pixels (builtin default 128)")
-        p.add_argument("--width", type=int, default=None, help="frame width in pixels (builtin default 128)")
+        p.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's; builtin 128)")
+        p.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's; builtin 128)")
         p.add_argument("--fps", type=float, default=8.0, help="output frame rate (default: %(default)s)")
         p.add_argument("--init", type=Path, default=None, help="a clip whose first window-length frames start the video")
         p.add_argument("--prompt", default="")
         p.add_argument("--negative-prompt", default=None)
+        m = p.add_argument_group("real video checkpoints (see modalities.video.jobs)")
+        m.add_argument("--kind", choices=("auto", "unet3d", "animatediff", "lavie"), default="auto",
+                       help="UNet family; auto = from the checkpoint (default: %(default)s)")
+        m.add_argument("--motion-adapter", type=Path, default=None,
+                       help="AnimateDiff MotionAdapter directory (with an SD checkpoint as --model)")
+        m.add_argument("--sd-path", type=Path, default=None,
+                       help="SD-1.x directory giving VAE/text encoder/scheduler (LaVie, or a bare UNet)")
+        m.add_argument("--ckpt", type=Path, default=None, help="LaVie's lavie_base.pt (with the SD-1.4 directory as --model)")
 
     def build_job(self, args) -> Job:
         if not (isinstance(args.fps, (int, float)) and args.fps > 0):
             raise ValueError(f"--fps must be a positive number, got {args.fps!r}")
-        if args.model != "builtin":
-            from .jobs import video_job
+        from .jobs import check_model_options, video_job
 
+        if args.model != "builtin":
             return video_job(args)
+        check_model_options(args)
         dtype = check_builtin_dtype(args)
         window = args.window_frames or 16
         stride = args.stride_frames or window // 2
@@ -80,7 +89,7 @@ class Video:
         rgb = LatentRGB()
         given = None
         if args.init is not None:
-            frames, _ = read_video(args.init)
+            frames, _ = read_video(args.init, max_frames=window)
             if len(frames) < window:
                 raise ValueError(f"--init clip has {len(frames)} frames; it needs at least one window ({window})")
             clip = clip_to_tensor(frames[:window], H, W)                     # (3, F, H, W)
