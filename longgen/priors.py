@@ -28,6 +28,21 @@ def _apply_axis(x: torch.Tensor, mat: torch.Tensor, axis: int) -> torch.Tensor:
     return torch.movedim(torch.movedim(x, axis, -1) @ mat.T, -1, axis)
 
 
+def _kron_eigenvalues(evals: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-axis eigenvalues (..., n_a) -> those of their Kronecker product, shaped (..., n_1, ..., n_d)."""
+    lam = evals[0]
+    for l in evals[1:]:
+        lam = lam[..., None] * l.reshape(*l.shape[:-1], *([1] * (lam.ndim - l.ndim + 1)), -1)
+    return lam
+
+
+def _eigh_spd(f: torch.Tensor, name: str):
+    lam, u = torch.linalg.eigh(f)
+    if (lam <= 0).any():
+        raise ValueError(f"covariance factor {name} is not positive definite (min eigenvalue {lam.min():.3g})")
+    return lam, u
+
+
 class SeparableGMM:
     """Mixture of Gaussians with Kronecker-structured covariances over the axes of ``shape``.
 
@@ -52,20 +67,18 @@ class SeparableGMM:
                 raise ValueError(f"factor {a} has shape {tuple(f.shape)}; expected ({self.K}, {n}, {n})")
             self.factors.append(f)
         evals, evecs = [], []
-        for f in self.factors:
-            lam, u = torch.linalg.eigh(f)
-            if (lam <= 0).any():
-                raise ValueError(f"covariance factor is not positive definite (min eigenvalue {lam.min():.3g})")
+        for a, f in enumerate(self.factors):
+            lam, u = _eigh_spd(f, str(a))
             evals.append(lam)
             evecs.append(u)
         self.evecs = evecs  # per axis (K, n, n)
-        lam = evals[0]
-        for l in evals[1:]:
-            lam = (lam[..., None] * l.reshape(self.K, *([1] * (lam.ndim - 1)), -1))
-        self.lam = lam  # (K, *shape): eigenvalues of Sigma_k
+        self.lam = _kron_eigenvalues(evals)  # (K, *shape): eigenvalues of Sigma_k
+        self._set_weights(weights)
+
+    def _set_weights(self, weights: torch.Tensor | None) -> None:
         if weights is None:
             weights = torch.full((self.K,), 1.0 / self.K)
-        weights = weights.to(dtype)
+        weights = weights.to(self.dtype)
         if weights.ndim == 1:
             weights = weights[None]
         if weights.shape[-1] != self.K or (weights < 0).any():
@@ -198,6 +211,62 @@ class SeparableGMM:
             mus.append(mu[g] + Sgo @ sol)
             covs.append(Sgg - Sgo @ torch.linalg.solve(Soo, Sgo.T))
         return torch.softmax(torch.stack(ws), 0), torch.stack(mus), torch.stack(covs)
+
+
+class SharedBasisGMM(SeparableGMM):
+    """A :class:`SeparableGMM` whose components share their per-axis covariance factors.
+
+    means (K, *shape); factors: one (n_a, n_a) SPD matrix per axis. Same maths as the parent
+    (its dense closed forms and sampling work unchanged); :meth:`eps` rotates ``x`` once:
+    ``z_k = U^T x - sqrt(a) U^T mu_k`` and the score ``-U sum_k r_k z_k / v``.
+    """
+
+    def __init__(self, means: torch.Tensor, factors, weights: torch.Tensor | None = None,
+                 dtype: torch.dtype = torch.float64):
+        self.dtype = dtype
+        self.means = means.to(dtype)
+        self.K = self.means.shape[0]
+        self.shape = tuple(self.means.shape[1:])
+        if len(factors) != len(self.shape):
+            raise ValueError(f"need one covariance factor per axis of shape {self.shape}, got {len(factors)}")
+        lams, us = [], []
+        for a, (f, n) in enumerate(zip(factors, self.shape)):
+            f = torch.as_tensor(f).to(dtype)
+            if f.shape != (n, n):
+                raise ValueError(f"shared factor {a} has shape {tuple(f.shape)}; expected ({n}, {n})")
+            lam, u = _eigh_spd(f, str(a))
+            lams.append(lam)
+            us.append(u)
+        # views with a component axis, so the parent's per-component code reads them unchanged
+        self.factors = [torch.as_tensor(f).to(dtype).expand(self.K, n, n) for f, n in zip(factors, self.shape)]
+        self.evecs = [u.expand(self.K, *u.shape) for u in us]
+        lam = _kron_eigenvalues(lams)
+        self.lam_shared = lam                                   # (*shape)
+        self.lam = lam.expand(self.K, *self.shape)
+        self.means_rot = self._rotate(self.means, 0)            # (K, *shape): U^T mu_k
+        self._set_weights(weights)
+
+    def eps(self, x: torch.Tensor, abar, cond=None) -> torch.Tensor:
+        out_dtype = x.dtype
+        x = x.to(self.dtype)
+        B = x.shape[0]
+        a = torch.as_tensor(abar, dtype=self.dtype).reshape(-1)
+        a = a.expand(B) if a.numel() == 1 else a
+        ab = a.reshape(B, *([1] * self.ndim))
+        z0 = self._rotate(x, 0).flatten(1)                      # (B, D)
+        mr = self.means_rot.flatten(1)                          # (K, D)
+        inv_v = 1.0 / (ab * self.lam_shared + (1 - ab)).flatten(1)  # (B, D)
+        sa = a.sqrt()[:, None]                                  # (B, 1)
+        # |z_k|^2_v = z0'Vz0 - 2 sqrt(a) z0'V mu_k + a mu_k'V mu_k; the log det is common to all k
+        quad = ((z0 * z0 * inv_v).sum(1, keepdim=True) - 2 * sa * (z0 * inv_v) @ mr.T
+                + a[:, None] * inv_v @ (mr * mr).T)             # (B, K)
+        r = torch.softmax(-0.5 * quad + self.weights_for(cond, B), dim=1)
+        score_rot = -(z0 - sa * r @ mr) * inv_v                 # (B, D)
+        score = score_rot.reshape(B, *self.shape)
+        for ax in range(self.ndim):
+            score = _apply_axis(score, self.evecs[ax][0], ax + 1)
+        return (-(1 - ab).sqrt() * score).to(out_dtype)
+
 
 
 class PriorDenoiser:

@@ -131,3 +131,101 @@ def feature_mask(
     if frames and rows:
         mask[torch.tensor(rows)[:, None], torch.tensor(frames)[None, :]] = 0.0
     return mask
+
+
+# --------------------------------------------------------------------------- CLI keyframe setup
+# Shared by the builtin path (plugin.py) and the CondMDI path (jobs.py).
+
+
+def parse_keyframes(spec: str, length: int) -> list[int]:
+    """``every:N`` | ``first_half`` | ``last_half`` | ``middle_half`` | ``frames:0,10,20``."""
+    from longgen.planner import KEYFRAME_MODES
+    from longgen.planner import keyframe_frames as plan_frames
+
+    mode, _, arg = spec.partition(":")
+    if mode == "every":
+        try:
+            n = int(arg)
+        except ValueError:
+            raise ValueError(f"--keyframes every:N needs an integer N, got {arg!r}") from None
+        return plan_frames("every", length, every=n)
+    if mode == "frames":
+        try:
+            frames = [int(f) for f in arg.split(",") if f.strip()]
+        except ValueError:
+            raise ValueError(f"--keyframes frames:... needs integers, got {arg!r}") from None
+        return plan_frames("frames", length, frames=frames)
+    if mode in KEYFRAME_MODES:
+        return plan_frames(mode, length)
+    raise ValueError(f"unknown --keyframes {spec!r}; allowed: every:N, first_half, last_half, middle_half, frames:a,b,c")
+
+
+def parse_joints(spec: str | None) -> list[str | int] | None:
+    """``--joints``: None (all features), ``root``, or comma-separated t2m indices / names."""
+    if not spec:
+        return None
+    out: list[str | int] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        out.append(int(part) if part.lstrip("-").isdigit() else part)
+    for j in out:  # validates names and ranges, naming the bad one
+        joint_feature_indices(j)
+    return out
+
+
+@dataclass
+class KeyframeSetup:
+    """What a motion job observes: the clip keyframes come from and where they sit."""
+
+    reference: np.ndarray       # (L, 22, 3) joints of the clip (canonical frame), for metrics
+    features: np.ndarray        # (L, 263) absolute-root features, not normalised
+    frames: list[int]           # observed frames
+    gen_mask: torch.Tensor      # (263, L), 1 = generated
+
+    @property
+    def length(self) -> int:
+        return self.features.shape[0]
+
+
+def reference_motion(path, frames: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(reference joints (L, 22, 3), absolute-root features (L, 263)) from ``path``, or, when
+    ``path`` is None, from a procedural walk of ``frames`` frames (so a run has ground truth)."""
+    from .builtin import motion_features
+    from .features import recover_from_ric_abs, to_abs_root
+    from .procedural import generate_motions
+
+    if path is None:
+        if frames is None or frames < 1:
+            raise ValueError(f"--frames must be a positive integer, got {frames}")
+        joints = generate_motions(1, frames + 1, seed=seed + 1)[0]
+        feats = motion_features(joints)
+    else:
+        m = load_motion(path)
+        if m.kind == "joints" and m.data.shape[0] < 2:
+            raise ValueError(f"{path}: a motion needs at least 2 frames of joints, got {m.data.shape[0]}")
+        feats = motion_features(m.data) if m.kind == "joints" else np.asarray(to_abs_root(m.data))
+    ref = recover_from_ric_abs(torch.from_numpy(feats)).numpy()
+    return ref, feats
+
+
+def keyframe_setup(args, default_frames: int, window: int) -> KeyframeSetup:
+    """The keyframes a ``longgen motion`` run observes (``--input --frames --keyframes --joints``)."""
+    reference, feats = reference_motion(args.input, args.frames or default_frames, args.seed)
+    length = feats.shape[0]
+    if args.input is not None and args.frames is not None and args.frames != length:
+        raise ValueError(f"--frames {args.frames} differs from the input's {length} frames")
+    if length < window:
+        raise ValueError(f"the motion has {length} frames, fewer than the window ({window}); "
+                         f"pass --window-frames <= {length}")
+    frames = parse_keyframes(args.keyframes, length)
+    gen_mask = feature_mask(frames, length, joints=parse_joints(args.joints))
+    return KeyframeSetup(reference, feats, frames, gen_mask)
+
+
+def given_of(setup: KeyframeSetup, norm, dtype=torch.float32):
+    """The engine's :class:`longgen.engine.Given` for normalised features (263, L)."""
+    from longgen.engine import Given
+
+    values = norm.normalize(torch.from_numpy(setup.features)).T.to(dtype)   # (263, L)
+    return Given(values=values, known=(1 - setup.gen_mask.to(dtype)))

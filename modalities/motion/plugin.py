@@ -5,7 +5,10 @@ when the motion is longer than the model's 196 frames.
 ``--model builtin`` samples the builtin motion prior (:mod:`.builtin`) with CondMDI's diffusion
 (1000-step cosine DDPM, x0 prediction) and the released ALM motion settings (w1 = 1, w2 = 0.005,
 observed frames re-noised with q_sample every step). Without ``--input`` the keyframes are taken
-from a procedural walk, so the run has a reference to measure against.
+from a procedural walk, so the run has a reference to measure against. Any other ``--model`` is
+a CondMDI checkpoint (:func:`.jobs.condmdi_job`). Keyframe parsing and the reference clip live in
+:mod:`.keyframes` (shared by both paths); ``--render/--bvh/--mesh/--smpl-dir`` are written by
+:mod:`.export` after the ``.npy`` is complete.
 """
 
 from __future__ import annotations
@@ -18,37 +21,17 @@ import numpy as np
 import torch
 
 from longgen.cli import request_of
-from longgen.engine import Engine, EngineConfig, Given
-from longgen.planner import KEYFRAME_MODES, keyframe_frames, plan_windows
+from longgen.engine import Engine, EngineConfig
+from longgen.planner import plan_windows
 from longgen.priors import PriorDenoiser
 from longgen.run import Job
 from stitch import StreamingDecoder
 
 from .features import N_FEATURES, recover_from_ric_abs
-from .keyframes import feature_mask, load_motion
+from .keyframes import given_of, keyframe_setup, parse_keyframes  # noqa: F401 (parse_keyframes: public here too)
 from .skeleton import N_JOINTS
 
 MODEL_FRAMES = 196  # CondMDI / HumanML3D: clips padded to 196 frames
-
-
-def parse_keyframes(spec: str, length: int) -> list[int]:
-    """``every:N`` | ``first_half`` | ``last_half`` | ``middle_half`` | ``frames:0,10,20``."""
-    mode, _, arg = spec.partition(":")
-    if mode == "every":
-        try:
-            n = int(arg)
-        except ValueError:
-            raise ValueError(f"--keyframes every:N needs an integer N, got {arg!r}") from None
-        return keyframe_frames("every", length, every=n)
-    if mode == "frames":
-        try:
-            frames = [int(f) for f in arg.split(",") if f.strip()]
-        except ValueError:
-            raise ValueError(f"--keyframes frames:... needs integers, got {arg!r}") from None
-        return keyframe_frames("frames", length, frames=frames)
-    if mode in KEYFRAME_MODES:
-        return keyframe_frames(mode, length)
-    raise ValueError(f"unknown --keyframes {spec!r}; allowed: every:N, first_half, last_half, middle_half, frames:a,b,c")
 
 
 class NPYWriter:
@@ -57,9 +40,11 @@ class NPYWriter:
 
     HEADER = 128
 
-    def __init__(self, out: Path, reference: np.ndarray | None = None, keyframes=(), info: dict | None = None):
+    def __init__(self, out: Path, reference: np.ndarray | None = None, keyframes=(), info: dict | None = None,
+                 exports: dict | None = None):
         self.out, self.rows = Path(out), 0
         self.reference, self.keyframes, self.info = reference, list(keyframes), info if info is not None else {}
+        self.exports = exports or {}  # keyword arguments of export.export_all, run after the .npy
         self.kf_err: list[float] = []
 
     def _header(self) -> bytes:
@@ -101,7 +86,34 @@ class NPYWriter:
         self.f.close()
         if self.kf_err:
             self.info["keyframe_error_m"] = float(np.mean(self.kf_err))
-        return [self.out]
+        paths = [self.out]
+        if any(v is not None for v in self.exports.values()):
+            from .export import export_all
+
+            more, figures = export_all(np.load(self.out), self.keyframes, **self.exports)
+            paths += more
+            self.info.update(figures)
+        return paths
+
+
+def export_options(args) -> dict:
+    """``export.export_all`` keywords from the motion command's output flags (checked first)."""
+    from .export import check_export_args
+
+    check_export_args(args)
+    return dict(render=args.render, bvh=args.bvh, mesh=args.mesh, smpl_dir=args.smpl_dir,
+                smpl_model=args.smpl_model, gender=args.smpl_gender, smpl_iters=args.smpl_iters)
+
+
+def joints_decoder(norm) -> StreamingDecoder:
+    """(263, n) normalised abs-root features -> (66, n) joint positions; exact chunk by chunk
+    (root position and heading are absolute in these features)."""
+
+    def decode(z):
+        j = recover_from_ric_abs(norm.denormalize(z.T.double()))       # (n, 22, 3)
+        return j.reshape(j.shape[0], -1).T.to(z.dtype)
+
+    return StreamingDecoder(decode, axis=-1, halo=0, scale=1)
 
 
 class Motion:
@@ -118,7 +130,18 @@ class Motion:
         p.add_argument("--joints", default=None, help="observe only these joints at keyframes, e.g. 'root' or '0,10,11'")
         p.add_argument("--window-frames", type=int, default=MODEL_FRAMES)
         p.add_argument("--stride-frames", type=int, default=None, help="default: half the window")
-        p.add_argument("--prompt", default="")
+        p.add_argument("--prompt", default="", help="text for a CondMDI checkpoint ('' = unconditional, no CLIP loaded)")
+        p.add_argument("--clip", default=None, help="CLIP text encoder: directory or hub id (default: openai/clip-vit-base-patch32)")
+        p.add_argument("--mean-std", type=Path, default=None,
+                       help="directory with Mean_abs_3d.npy/Std_abs_3d.npy (default: beside the checkpoint)")
+        o = p.add_argument_group("extra outputs (written after the .npy)")
+        o.add_argument("--render", type=Path, default=None, help="stick-figure .mp4 (keyframes orange, generated blue)")
+        o.add_argument("--bvh", type=Path, default=None, help=".bvh of the joints (cm)")
+        o.add_argument("--mesh", type=Path, default=None, help=".glb with one body mesh per frame")
+        o.add_argument("--smpl-dir", type=Path, default=None, help="folder for SMPL meshes fitted to the joints (OBJ per frame)")
+        o.add_argument("--smpl-model", type=Path, default=None, help="folder holding smpl/SMPL_{GENDER}.pkl")
+        o.add_argument("--smpl-gender", default="neutral", choices=("neutral", "male", "female"))
+        o.add_argument("--smpl-iters", type=int, default=100, help="L-BFGS iterations of the SMPL fit (default: %(default)s)")
 
     def build_job(self, args) -> Job:
         if args.model != "builtin":
@@ -126,24 +149,15 @@ class Motion:
 
             return condmdi_job(args)
         from ..image.plugin import check_builtin_dtype
-        from .builtin import builtin_motion_prior, ddpm_scheduler, motion_features
+        from .builtin import builtin_motion_prior, ddpm_scheduler
 
         dtype = check_builtin_dtype(args)
         window = args.window_frames
-        reference, feats = self._reference(args)
-        length = feats.shape[0]
-        if args.frames is not None and args.frames != length:
-            raise ValueError(f"--frames {args.frames} differs from the input's {length} frames")
-        if length < window:
-            raise ValueError(f"the motion has {length} frames, fewer than the window ({window}); pass --window-frames <= {length}")
-        frames = parse_keyframes(args.keyframes, length)
-        joints_sel = None
-        if args.joints:
-            joints_sel = ["root"] if args.joints == "root" else [int(j) for j in args.joints.split(",")]
-        gen_mask = feature_mask(frames, length, joints=joints_sel)          # (263, L), 1 = generated
+        exports = export_options(args)
+        setup = keyframe_setup(args, MODEL_FRAMES, window)
+        length, frames = setup.length, setup.frames
         prior, norm = builtin_motion_prior(window)
-        values = norm.normalize(torch.from_numpy(feats)).T.to(dtype)        # (263, L)
-        given = Given(values=values, known=(1 - gen_mask.to(dtype)))
+        given = given_of(setup, norm, dtype)
         plan = plan_windows(length, window, args.stride_frames or window // 2)
         sch = ddpm_scheduler()
         den = PriorDenoiser.for_scheduler(prior, sch)
@@ -152,30 +166,7 @@ class Motion:
                            guidance_scale=1.0, blend=args.blend, seed=args.seed)
         engine = Engine(den, sch, plan, (N_FEATURES, window), -1, cfg, given=given, dtype=dtype)
 
-        def decode(z):  # (263, n) normalised features -> (66, n) joint positions
-            j = recover_from_ric_abs(norm.denormalize(z.T.double()))
-            return j.reshape(j.shape[0], -1).T.to(z.dtype)
-
-        decoder = StreamingDecoder(decode, axis=-1, halo=0, scale=1)
+        decoder = joints_decoder(norm)
         info = {"frames": length, "keyframes": len(frames)}
-        writer = NPYWriter(args.out, reference, frames, info)
+        writer = NPYWriter(args.out, setup.reference, frames, info, exports)
         return Job(engine, decoder, writer, request_of(args), Path(args.out), info=info)
-
-    @staticmethod
-    def _reference(args):
-        """(reference joints (L, 22, 3) in the canonical frame, absolute-root features (L, 263))."""
-        from .builtin import motion_features
-        from .features import to_abs_root
-        from .procedural import generate_motions
-
-        if args.input is None:
-            L = args.frames or MODEL_FRAMES
-            if L < 1:
-                raise ValueError(f"--frames must be a positive integer, got {L}")
-            joints = generate_motions(1, L + 1, seed=args.seed + 1)[0]
-            feats = motion_features(joints)
-        else:
-            m = load_motion(args.input)
-            feats = motion_features(m.data) if m.kind == "joints" else np.asarray(to_abs_root(m.data))
-        ref = recover_from_ric_abs(torch.from_numpy(feats)).numpy()
-        return ref, feats

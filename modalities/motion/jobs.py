@@ -1,0 +1,109 @@
+"""``longgen motion --model PATH/model000500000.pt``: keyframe in-betweening with a CondMDI U-Net.
+
+The released ALM motion setup (Hleephilip/ALM_public, docs/motion-completion.md and
+``prepare.py``; /work/shared/facts/motion.md): CondMDI's unconditional (not keyframe-conditioned)
+checkpoint with the ``args.json`` beside it, 1000-step DDPM with the cosine schedule and x0
+prediction, w1 = 1, w2 = 0.005, the observed frames re-noised with q_sample at every step
+(``--given-path noise``), CLIP text with classifier-free guidance (``guidance_param`` of
+args.json, 2.5 as released). Features are CondMDI's abs_3d HumanML3D features, normalised with
+``Mean_abs_3d.npy`` / ``Std_abs_3d.npy`` (beside the checkpoint, or ``--mean-std DIR``).
+Motions longer than the window (196 frames) are sampled as overlapping windows along time.
+
+Keyframes, the reference clip and the outputs are those of the builtin path (:mod:`.keyframes`,
+:mod:`.plugin`, :mod:`.export`); only the denoiser, its schedule and its normaliser differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from longgen.cli import request_of
+from longgen.engine import Engine, EngineConfig
+from longgen.planner import plan_windows
+from longgen.run import Job
+
+from .condmdi import CondMDIDenoiser, load_condmdi, make_scheduler, null_text
+from .features import N_FEATURES, Normalizer
+from .keyframes import given_of, keyframe_setup
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def model_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"--dtype {name!r} is not available; allowed: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def find_checkpoint(model: str | Path) -> Path:
+    """The checkpoint file: ``model`` itself, or the newest ``model*.pt`` in a directory."""
+    path = Path(model)
+    if path.is_dir():
+        found = sorted(path.glob("model*.pt"))
+        if not found:
+            raise FileNotFoundError(f"--model {path}: no model*.pt checkpoint in that directory")
+        return found[-1]
+    if not path.is_file():
+        raise FileNotFoundError(f"--model {path}: no such checkpoint (expected a CondMDI "
+                                "model*.pt with args.json beside it, or 'builtin')")
+    return path
+
+
+def load_normalizer(ckpt: Path, mean_std: Path | None) -> Normalizer:
+    """Mean_abs_3d.npy / Std_abs_3d.npy from ``--mean-std`` or the checkpoint's folder."""
+    where = Path(mean_std) if mean_std is not None else ckpt.parent
+    try:
+        return Normalizer.from_dir(where, abs_root=True)
+    except FileNotFoundError as e:
+        hint = "" if mean_std is not None else " (pass --mean-std DIR, e.g. HumanML3D's data root)"
+        raise FileNotFoundError(f"{e}: the abs_3d statistics of the checkpoint's dataset{hint}") from None
+
+
+def text_condition(config, prompt: str, clip: str | None, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(cond, uncond) rows of CLIP features; an empty prompt loads no encoder (zeros = uncond)."""
+    from .text import DEFAULT_CLIP, encode_text
+
+    if not config.text_conditioned:
+        if prompt.strip():
+            raise ValueError(f"--prompt {prompt!r}: this checkpoint is not text-conditioned "
+                             "(args.json: unconstrained or a dataset without text); use --prompt ''")
+        return None, None
+    cond = encode_text(prompt, source=clip or DEFAULT_CLIP, device="cpu")   # (1, 512)
+    return cond.to(device), null_text(1, device=device)
+
+
+def condmdi_job(args) -> Job:
+    """The Job of a ``longgen motion`` run with a CondMDI U-Net checkpoint."""
+    from .plugin import MODEL_FRAMES, NPYWriter, export_options, joints_decoder
+
+    dtype = model_dtype(args.dtype)
+    ckpt = find_checkpoint(args.model)
+    exports = export_options(args)
+    norm = load_normalizer(ckpt, args.mean_std)
+    model, config = load_condmdi(ckpt, device=args.device, dtype=dtype)
+    if config.input_features != N_FEATURES or not config.abs_3d:
+        raise ValueError(f"{ckpt}: longgen motion needs a HumanML3D abs_3d checkpoint (263 features, "
+                         f"abs_3d true); args.json says {config.input_features} features, abs_3d={config.abs_3d}")
+    if config.keyframe_conditioned:
+        raise ValueError(f"{ckpt}: keyframe_conditioned checkpoints take the keyframes as input; "
+                         "longgen samples the unconditional CondMDI model (condmdi_uncond) as ALM does")
+    window = args.window_frames
+    setup = keyframe_setup(args, MODEL_FRAMES, window)
+    cond, uncond = text_condition(config, args.prompt, args.clip, args.device)
+    guidance = args.guidance if args.guidance is not None else float(config.guidance_param)
+    if cond is None or not args.prompt.strip():
+        guidance = 1.0  # no text: the guided and unguided predictions are the same row
+    sch = make_scheduler(config)
+    cfg = EngineConfig(method=args.method, w1=args.w1, w2=args.w2, steps=args.steps, group=args.group,
+                       observed=args.observed, live=args.live, given_path=args.given_path,
+                       guidance_scale=guidance, blend=args.blend, seed=args.seed)
+    plan = plan_windows(setup.length, window, args.stride_frames or window // 2)
+    engine = Engine(CondMDIDenoiser(model, config), sch, plan, (N_FEATURES, window), -1, cfg,
+                    cond=cond, uncond=uncond, given=given_of(setup, norm), dtype=torch.float32,
+                    device=args.device)
+    info = {"frames": setup.length, "keyframes": len(setup.frames), "guidance": guidance,
+            "checkpoint": str(ckpt)}
+    writer = NPYWriter(args.out, setup.reference, setup.frames, info, exports)
+    return Job(engine, joints_decoder(norm), writer, request_of(args), Path(args.out), info=info)
