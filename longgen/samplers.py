@@ -135,3 +135,49 @@ def run(ev: Evaluator, schedule: Schedule, y: torch.Tensor, mask: torch.Tensor, 
             act_i = act
         y = step(ev, schedule, i, y, x_t, m, act_i, w1, w2, generator)
         yield i, y
+
+
+@torch.no_grad()
+def multidiffusion(ev: Evaluator, schedule: Schedule, canvas: torch.Tensor, starts, size: int,
+                   axis: int, generator: torch.Generator | None = None,
+                   view_batch: int = 0) -> torch.Tensor:
+    """MultiDiffusion (Bar-Tal et al. 2023, Eq. 5), a baseline: Y_T (B, *shape) -> Y_0.
+
+    ``canvas`` holds the whole output; its long ``axis`` (negative) is cut into views of ``size``
+    positions at ``starts``. Every step each view takes the guided base step on its own, and each
+    position becomes the average of the views that cover it (value / count), as diffusers'
+    ``StableDiffusionPanoramaPipeline`` does with ``circular_padding=False`` (its views: 64 latents
+    at a stride of 8). Views go to the model ``view_batch`` at a time (0 = all in one forward).
+    """
+    if not -canvas.ndim < axis < 0:
+        raise ValueError(f"axis must be negative and not the batch dim of a {canvas.ndim}-dim "
+                         f"canvas, got {axis}")
+    L = canvas.shape[axis]
+    starts = [int(s) for s in starts]
+    bad = [s for s in starts if not 0 <= s <= L - size]
+    if not isinstance(size, int) or size < 1 or not starts or bad:
+        raise ValueError(f"views of size {size!r} at starts {bad or starts} do not fit a canvas of "
+                         f"length {L}; allowed: size >= 1 and 0 <= start <= {L - size}")
+    if not isinstance(view_batch, int) or view_batch < 0:
+        raise ValueError(f"view_batch must be an integer >= 0 (0 = all views), got {view_batch!r}")
+    count = torch.zeros(L, dtype=canvas.dtype, device=canvas.device)
+    for s in starts:
+        count[s:s + size] += 1
+    if (count == 0).any():
+        raise ValueError(f"positions {(count == 0).nonzero().squeeze(1).tolist()[:8]} are in no view; "
+                         "the views must cover the canvas")
+    count = count.reshape(L, *([1] * (-axis - 1)))               # broadcasts along the long axis
+    B, nb, pt = canvas.shape[0], view_batch or len(starts), ev.denoiser.prediction_type
+    y = canvas
+    for i in range(len(schedule)):
+        value = torch.zeros_like(y)
+        for k in range(0, len(starts), nb):
+            part = starts[k:k + nb]
+            views = torch.cat([y.narrow(axis, s, size) for s in part])     # (len(part) * B, *shape)
+            rows = torch.arange(B).repeat(len(part))                       # condition row of each view
+            (out,) = ev(schedule.timesteps[i], [Request(views, guided=True, rows=rows)])
+            stepped = base_step(schedule, i, views, out, pt, generator)
+            for j, s in enumerate(part):
+                value.narrow(axis, s, size).add_(stepped[j * B:(j + 1) * B])
+        y = value / count                                                  # Eq. 5: the views' average
+    return y

@@ -249,7 +249,7 @@ def test_outputs_mp4_bvh_glb_smpl(tmp_path, walk_file, capsys):
     code, info, err = run_cli(
         ["motion", "--input", str(walk_file), "--out", str(out), "--steps", "5", "--keyframes", "every:10",
          "--render", str(tmp_path / "m.mp4"), "--bvh", str(tmp_path / "m.bvh"), "--mesh", str(tmp_path / "m.glb"),
-         "--smpl-dir", str(tmp_path / "smpl"), "--smpl-model", str(tmp_path / "body"), "--smpl-iters", "60"], capsys)
+         "--smpl-out", str(tmp_path / "smpl"), "--smpl-dir", str(tmp_path / "body"), "--smpl-iters", "60"], capsys)
     assert code == 0, err
     joints = np.load(out)
 
@@ -339,7 +339,7 @@ def test_bad_input_is_refused_by_name(tmp_path, case, word, capsys):
         np.save(tmp_path / "n.npy", walk)
         argv += ["--input", str(tmp_path / "n.npy"), "--window-frames", "40"]
     elif case == "smpl_missing":
-        argv += ["--smpl-dir", str(tmp_path / "s"), "--smpl-model", str(tmp_path / "nobody")]
+        argv += ["--smpl-out", str(tmp_path / "s"), "--smpl-dir", str(tmp_path / "nobody")]
     elif case == "joint_name":
         argv += ["--joints", "root,left_elbowz"]
     code, _, err = run_cli(argv, capsys)

@@ -337,7 +337,7 @@ def check_export_args(args) -> None:
         p = getattr(args, flag, None)
         if p is not None and Path(p).suffix.lower() != suffix:
             raise ValueError(f"--{flag} {p}: expected a {suffix} file")
-    if getattr(args, "smpl_dir", None) is not None:
-        if getattr(args, "smpl_model", None) is None:
-            raise ValueError("--smpl-dir needs --smpl-model DIR (holding smpl/SMPL_NEUTRAL.pkl)")
+    if getattr(args, "smpl_out", None) is not None and getattr(args, "smpl_model", None) is None:
+        raise ValueError("--smpl-out needs --smpl-dir DIR (the folder holding smpl/SMPL_NEUTRAL.pkl)")
+    if getattr(args, "smpl_model", None) is not None:
         read_smpl_model(args.smpl_model, args.smpl_gender)

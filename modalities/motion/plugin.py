@@ -101,7 +101,11 @@ def export_options(args) -> dict:
     from .export import check_export_args
 
     check_export_args(args)
-    return dict(render=args.render, bvh=args.bvh, mesh=args.mesh, smpl_dir=args.smpl_dir,
+    smpl_out = None
+    if args.smpl_model is not None:
+        out = Path(args.out)
+        smpl_out = args.smpl_out or out.with_name(out.stem + "-smpl")
+    return dict(render=args.render, bvh=args.bvh, mesh=args.mesh, smpl_dir=smpl_out,
                 smpl_model=args.smpl_model, gender=args.smpl_gender, smpl_iters=args.smpl_iters)
 
 
@@ -138,8 +142,10 @@ class Motion:
         o.add_argument("--render", type=Path, default=None, help="stick-figure .mp4 (keyframes orange, generated blue)")
         o.add_argument("--bvh", type=Path, default=None, help=".bvh of the joints (cm)")
         o.add_argument("--mesh", type=Path, default=None, help=".glb with one body mesh per frame")
-        o.add_argument("--smpl-dir", type=Path, default=None, help="folder for SMPL meshes fitted to the joints (OBJ per frame)")
-        o.add_argument("--smpl-model", type=Path, default=None, help="folder holding smpl/SMPL_{GENDER}.pkl")
+        o.add_argument("--smpl-dir", dest="smpl_model", type=Path, default=None,
+                       help="folder with the SMPL model files (smpl/SMPL_{GENDER}.pkl): fit SMPL to the joints "
+                            "and export its meshes (OBJ per frame)")
+        o.add_argument("--smpl-out", type=Path, default=None, help="folder for the SMPL meshes (default: <out>-smpl/)")
         o.add_argument("--smpl-gender", default="neutral", choices=("neutral", "male", "female"))
         o.add_argument("--smpl-iters", type=int, default=100, help="L-BFGS iterations of the SMPL fit (default: %(default)s)")
 
