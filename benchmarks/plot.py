@@ -71,7 +71,7 @@ def quality_panel(ax, q: dict, section: str, metric: str, title: str, log: bool 
         v, e = _err(rows)
         ax.bar([i + 0.4 * k for i in range(len(methods))], v, width=0.4, yerr=e, capsize=2,
                label=kind)
-    ax.set_xticks([i + 0.2 for i in range(len(methods))], methods, rotation=45, ha="right",
+    ax.set_xticks([i + 0.2 * (len(kinds) - 1) for i in range(len(methods))], methods, rotation=45, ha="right",
                   fontsize=7)
     if log:
         ax.set_yscale("log")

@@ -14,7 +14,8 @@ The exact conditional p(x_gen | x_obs) is ``SeparableGMM.conditional`` (dense). 
 * ``mean_dist``: RMS over generated positions of (sample mean - exact conditional mean);
 * ``var_ratio``: mean sample variance / mean exact conditional variance over generated positions;
 * ``seam_at_mask``: ``stitch.seam_score`` of the output at the mask's edge (column 16): how
-  smoothly the generated half joins the observed one (1 = as smooth as anywhere else);
+  smoothly the generated half joins the observed one. The observed half is ONE fixed sample, so
+  the reference is the ``exact`` row's value, not 1;
 * (mixture) ``match_joint``: argmax of ``prior.responsibilities`` on the completed sample equals
   the exact conditional's most likely component; ``match_gen``: the same with the responsibilities
   of the generated half alone under its marginal prior (the observed half cannot vote);
