@@ -116,14 +116,17 @@ class SeparableGMM:
         return x
 
     # ----------------------------------------------------------------------- exact score / eps
-    def eps(self, x: torch.Tensor, abar, cond=None) -> torch.Tensor:
-        """Exact epsilon E[eps | x_t] for x (B, *shape) at alphas_cumprod ``abar`` (scalar or (B,))."""
-        out_dtype = x.dtype
-        x = x.to(self.dtype)
-        B = x.shape[0]
+    def _levels(self, abar, B: int):
+        """alphas_cumprod as (B,) and shaped (B, 1, ..., 1) to broadcast over samples."""
         a = torch.as_tensor(abar, dtype=self.dtype).reshape(-1)
         a = a.expand(B) if a.numel() == 1 else a
-        ab = a.reshape(B, *([1] * self.ndim))
+        return a, a.reshape(B, *([1] * self.ndim))
+
+    def eps(self, x: torch.Tensor, abar, cond=None) -> torch.Tensor:
+        """Exact epsilon E[eps | x_t] for x (B, *shape) at alphas_cumprod ``abar`` (scalar or (B,))."""
+        out_dtype, x = x.dtype, x.to(self.dtype)
+        B = x.shape[0]
+        a, ab = self._levels(abar, B)
         logw = self.weights_for(cond, B)  # (B, K)
         logp, scores = [], []
         for k in range(self.K):
@@ -247,12 +250,9 @@ class SharedBasisGMM(SeparableGMM):
         self._set_weights(weights)
 
     def eps(self, x: torch.Tensor, abar, cond=None) -> torch.Tensor:
-        out_dtype = x.dtype
-        x = x.to(self.dtype)
+        out_dtype, x = x.dtype, x.to(self.dtype)
         B = x.shape[0]
-        a = torch.as_tensor(abar, dtype=self.dtype).reshape(-1)
-        a = a.expand(B) if a.numel() == 1 else a
-        ab = a.reshape(B, *([1] * self.ndim))
+        a, ab = self._levels(abar, B)
         z0 = self._rotate(x, 0).flatten(1)                      # (B, D)
         mr = self.means_rot.flatten(1)                          # (K, D)
         inv_v = 1.0 / (ab * self.lam_shared + (1 - ab)).flatten(1)  # (B, D)

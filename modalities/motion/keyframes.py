@@ -19,11 +19,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from longgen.planner import KEYFRAME_MODES as MODES, keyframe_frames  # noqa: F401 (re-exported)
+
 from .bvh import load_bvh, resample
 from .features import FPS, N_FEATURES, joint_feature_indices
 from .skeleton import N_JOINTS
 
-MODES = ("every", "first_half", "last_half", "middle_half", "frames")
 
 
 @dataclass
@@ -77,38 +78,6 @@ def load_motion(path, fps: float | None = None, scale: float | None = None) -> L
     return LoadedMotion(kind, arr)
 
 
-def keyframe_frames(
-    mode: str, length: int, every: int | None = None, frames: Sequence[int] | None = None
-) -> list[int]:
-    """Sorted observed frame indices of a clip of ``length`` frames.
-
-    ``every``: ``range(length)[::every]`` (CondMDI benchmark_sparse); ``first_half``: frames
-    length//2 .. end are observed (the first half is generated); ``last_half``: 0 .. length//2-1;
-    ``middle_half``: 0 .. length//4-1 and 3*length//4 .. end; ``frames``: the given list.
-    """
-    if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
-    if mode == "every":
-        if every is None or every < 1:
-            raise ValueError(f"mode 'every' needs every >= 1, got {every}")
-        return list(range(length))[::every]
-    if mode == "first_half":
-        return list(range(length // 2, length))
-    if mode == "last_half":
-        return list(range(length // 2))
-    if mode == "middle_half":
-        return list(range(length // 4)) + list(range(3 * length // 4, length))
-    if mode == "frames":
-        if frames is None:
-            raise ValueError("mode 'frames' needs frames=[...]")
-        frames = [int(f) for f in frames]
-        bad = [f for f in frames if not 0 <= f < length]
-        if bad:
-            raise ValueError(f"frames {bad} are outside [0, {length})")
-        return sorted(set(frames))
-    raise ValueError(f"unknown keyframe mode {mode!r}; allowed: {list(MODES)}")
-
-
 def feature_mask(
     observed_frames: Sequence[int],
     length: int,
@@ -139,24 +108,21 @@ def feature_mask(
 
 def parse_keyframes(spec: str, length: int) -> list[int]:
     """``every:N`` | ``first_half`` | ``last_half`` | ``middle_half`` | ``frames:0,10,20``."""
-    from longgen.planner import KEYFRAME_MODES
-    from longgen.planner import keyframe_frames as plan_frames
-
     mode, _, arg = spec.partition(":")
     if mode == "every":
         try:
             n = int(arg)
         except ValueError:
             raise ValueError(f"--keyframes every:N needs an integer N, got {arg!r}") from None
-        return plan_frames("every", length, every=n)
+        return keyframe_frames("every", length, every=n)
     if mode == "frames":
         try:
             frames = [int(f) for f in arg.split(",") if f.strip()]
         except ValueError:
             raise ValueError(f"--keyframes frames:... needs integers, got {arg!r}") from None
-        return plan_frames("frames", length, frames=frames)
-    if mode in KEYFRAME_MODES:
-        return plan_frames(mode, length)
+        return keyframe_frames("frames", length, frames=frames)
+    if mode in MODES:
+        return keyframe_frames(mode, length)
     raise ValueError(f"unknown --keyframes {spec!r}; allowed: every:N, first_half, last_half, middle_half, frames:a,b,c")
 
 
