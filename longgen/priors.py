@@ -52,12 +52,7 @@ class SeparableGMM:
 
     def __init__(self, means: torch.Tensor, factors: Sequence[torch.Tensor],
                  weights: torch.Tensor | None = None, dtype: torch.dtype = torch.float64):
-        self.dtype = dtype
-        self.means = means.to(dtype)
-        self.K = self.means.shape[0]
-        self.shape = tuple(self.means.shape[1:])
-        if len(factors) != len(self.shape):
-            raise ValueError(f"need one covariance factor per axis of shape {self.shape}, got {len(factors)}")
+        self._set_means(means, factors, dtype)
         self.factors = []
         for a, (f, n) in enumerate(zip(factors, self.shape)):
             f = f.to(dtype)
@@ -74,6 +69,14 @@ class SeparableGMM:
         self.evecs = evecs  # per axis (K, n, n)
         self.lam = _kron_eigenvalues(evals)  # (K, *shape): eigenvalues of Sigma_k
         self._set_weights(weights)
+
+    def _set_means(self, means: torch.Tensor, factors, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        self.means = means.to(dtype)
+        self.K = self.means.shape[0]
+        self.shape = tuple(self.means.shape[1:])
+        if len(factors) != len(self.shape):
+            raise ValueError(f"need one covariance factor per axis of shape {self.shape}, got {len(factors)}")
 
     def _set_weights(self, weights: torch.Tensor | None) -> None:
         if weights is None:
@@ -226,12 +229,7 @@ class SharedBasisGMM(SeparableGMM):
 
     def __init__(self, means: torch.Tensor, factors, weights: torch.Tensor | None = None,
                  dtype: torch.dtype = torch.float64):
-        self.dtype = dtype
-        self.means = means.to(dtype)
-        self.K = self.means.shape[0]
-        self.shape = tuple(self.means.shape[1:])
-        if len(factors) != len(self.shape):
-            raise ValueError(f"need one covariance factor per axis of shape {self.shape}, got {len(factors)}")
+        self._set_means(means, factors, dtype)
         lams, us = [], []
         for a, (f, n) in enumerate(zip(factors, self.shape)):
             f = torch.as_tensor(f).to(dtype)
