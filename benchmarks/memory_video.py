@@ -49,7 +49,7 @@ def peak_rss_mib() -> float:
 def child(frames: int, steps: int, size: int, out: str) -> None:
     """Run one job in this process and print its peak RSS (MiB) and the peak after imports."""
     import longgen.cli  # noqa: F401  (imports counted in the baseline)
-    import modalities.video.plugin  # noqa: F401
+    import longgen.modalities.video.plugin  # noqa: F401
 
     base = peak_rss_mib()
     t0 = time.perf_counter()
@@ -76,8 +76,8 @@ def seam_of(path: Path, frames: int) -> float:
     import torch
 
     from longgen.planner import plan_windows
-    from modalities.video.writers import read_video
-    from stitch import temporal_seam_score
+    from longgen.modalities.video.writers import read_video
+    from longgen.stitch import temporal_seam_score
 
     video = torch.from_numpy(read_video(path)[0]).float()            # (F, H, W, 3)
     if len(video) != frames:

@@ -21,10 +21,10 @@ import torch
 
 from longgen.cli import build_parser, discover
 from longgen.run import run_job
-from modalities.motion.builtin import builtin_motion_prior, motion_features
-from modalities.motion.features import recover_from_ric_abs
-from modalities.motion.metrics import foot_skating_ratio, jitter, keyframe_error
-from modalities.motion.procedural import generate_motions
+from longgen.modalities.motion.builtin import builtin_motion_prior, motion_features
+from longgen.modalities.motion.features import recover_from_ric_abs
+from longgen.modalities.motion.metrics import foot_skating_ratio, jitter, keyframe_error
+from longgen.modalities.motion.procedural import generate_motions
 
 
 def run_method(method: str, clip: Path, steps: int, every: int, seed: int, out: Path) -> dict:

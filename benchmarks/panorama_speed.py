@@ -98,7 +98,7 @@ class UNetClock:
 
 
 def build(name: str):
-    from modalities.image.sd import SDModel
+    from longgen.modalities.image.sd import SDModel
     from tests.fixtures.tiny_sd import tiny_sd_components
 
     channels, sample_size = CONFIGS[name]

@@ -66,7 +66,7 @@ from longgen.planner import plan_windows  # noqa: E402
 from longgen.priors import PriorDenoiser, SeparableGMM  # noqa: E402
 from longgen.samplers import multidiffusion  # noqa: E402
 from longgen.schedule import make_schedule  # noqa: E402
-from stitch.seams import seam_score, window_boundaries  # noqa: E402
+from longgen.stitch.seams import seam_score, window_boundaries  # noqa: E402
 
 H, W, STEPS = 8, 32, 50
 METHODS = ("alm", "alm-fused", "syncsde", "replace", "ddim")

@@ -15,7 +15,7 @@ User-given content (motion keyframes, a video's first clip, an inpainting source
 through ``given_path``: ``invert`` (DDIM inversion of the masked window, as released for
 inpainting) or ``noise`` (as released for motion). Given content wins over the overlap.
 
-Finished windows go onto a :class:`stitch.Canvas`; everything before the next group's first window
+Finished windows go onto a :class:`longgen.stitch.Canvas`; everything before the next group's first window
 is final and is yielded as a :class:`Chunk`. Memory: G windows, the canvas tail and (for
 ``trajectory``) one window's overlap per step — never the whole output.
 
@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from stitch import Canvas
+from longgen.stitch import Canvas
 
 from .api import check_method, check_weights
 from .denoiser import Evaluator, cat_cond

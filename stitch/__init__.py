@@ -3,8 +3,8 @@
 Pure tensor code (torch, einops, numpy, the standard library); knows nothing of models or modalities.
 """
 
-from stitch.canvas import Canvas
-from stitch.decode import StreamingDecoder, tiled_decode
-from stitch.seams import seam_score, temporal_seam_score, window_boundaries
+from longgen.stitch.canvas import Canvas
+from longgen.stitch.decode import StreamingDecoder, tiled_decode
+from longgen.stitch.seams import seam_score, temporal_seam_score, window_boundaries
 
 __all__ = ["Canvas", "tiled_decode", "StreamingDecoder", "seam_score", "temporal_seam_score", "window_boundaries"]

@@ -145,7 +145,7 @@ def tiny_motion_adapter(seed: int = 0):
 
 
 def tiny_lavie(seed: int = 0):
-    from modalities.video.lavie import LaVieUNet
+    from longgen.modalities.video.lavie import LaVieUNet
 
     torch.manual_seed(seed)
     return perturb_(LaVieUNet.from_config(tiny_unet2d_config()), seed + 1).eval()

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from longgen.denoiser import cat_cond
-from modalities.motion import condmdi
-from modalities.motion.condmdi import (
+from longgen.modalities.motion import condmdi
+from longgen.modalities.motion.condmdi import (
     CondMDIConfig,
     CondMDIDenoiser,
     CondMDIUNet,
@@ -355,7 +355,7 @@ def _tiny_clip(tmp_path):
 
 
 def test_text_features_match_openai_encode_text(tmp_path):
-    from modalities.motion import text as mtext
+    from longgen.modalities.motion import text as mtext
 
     model, vocab = _tiny_clip(tmp_path)
     enc = mtext.load_text_encoder(tmp_path, local_files_only=True)
@@ -380,7 +380,7 @@ def test_text_features_match_openai_encode_text(tmp_path):
 
 
 def test_empty_prompt_loads_nothing_and_missing_model_is_explained(tmp_path):
-    from modalities.motion import text as mtext
+    from longgen.modalities.motion import text as mtext
 
     z = mtext.encode_text(["", "  "], source=str(tmp_path / "absent"))
     assert z.shape == (2, 512) and z.abs().max().item() == 0.0

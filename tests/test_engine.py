@@ -13,7 +13,7 @@ from longgen.builtin import LatentRGB, image_prior
 from longgen.engine import Engine, EngineConfig, Given
 from longgen.planner import keyframe_frames, plan_windows
 from longgen.priors import PriorDenoiser
-from stitch import StreamingDecoder
+from longgen.stitch import StreamingDecoder
 from tests.helpers import f64_scheduler
 
 SD_DDIM = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,

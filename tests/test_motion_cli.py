@@ -15,15 +15,15 @@ from longgen.cli import main
 from longgen.engine import Engine, EngineConfig
 from longgen.planner import plan_windows
 from longgen.priors import SharedBasisGMM
-from modalities.motion.builtin import builtin_motion_prior, motion_features
-from modalities.motion.bvh import load_bvh, save_bvh
-from modalities.motion.condmdi import CondMDIConfig, CondMDIDenoiser, CondMDIUNet, load_condmdi, save_condmdi
-from modalities.motion.export import SMPL_PARENTS, export_smpl
-from modalities.motion.features import Normalizer, recover_from_ric_abs
-from modalities.motion.keyframes import feature_mask
-from modalities.motion.metrics import foot_skating_ratio, jitter, keyframe_error
-from modalities.motion.procedural import generate_motions
-from modalities.motion.skeleton import PARENTS, bone_lengths, rest_pose
+from longgen.modalities.motion.builtin import builtin_motion_prior, motion_features
+from longgen.modalities.motion.bvh import load_bvh, save_bvh
+from longgen.modalities.motion.condmdi import CondMDIConfig, CondMDIDenoiser, CondMDIUNet, load_condmdi, save_condmdi
+from longgen.modalities.motion.export import SMPL_PARENTS, export_smpl
+from longgen.modalities.motion.features import Normalizer, recover_from_ric_abs
+from longgen.modalities.motion.keyframes import feature_mask
+from longgen.modalities.motion.metrics import foot_skating_ratio, jitter, keyframe_error
+from longgen.modalities.motion.procedural import generate_motions
+from longgen.modalities.motion.skeleton import PARENTS, bone_lengths, rest_pose
 
 FRAMES = 196
 
@@ -131,7 +131,7 @@ def test_condmdi_checkpoint_through_cli_equals_hand_built_engine(tmp_path, tiny_
 
 def test_condmdi_text_prompt_with_guidance(tmp_path, tiny_ckpt, walk_file, capsys):
     """--prompt through a (tiny, local) CLIP and CondMDI's guidance 2.5 from args.json."""
-    from modalities.motion.text import encode_text, load_text_encoder
+    from longgen.modalities.motion.text import encode_text, load_text_encoder
     from tests.test_condmdi import _tiny_clip
 
     _tiny_clip(tmp_path / "clip")

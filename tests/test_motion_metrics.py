@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from modalities.motion import features as F, metrics as M, procedural, skeleton as S
+from longgen.modalities.motion import features as F, metrics as M, procedural, skeleton as S
 
 FPS = 20
 

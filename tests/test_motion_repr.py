@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from modalities.motion import bvh, features as F, keyframes as K, procedural, skeleton as S
+from longgen.modalities.motion import bvh, features as F, keyframes as K, procedural, skeleton as S
 
 FPS = 20
 

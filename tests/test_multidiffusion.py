@@ -29,7 +29,7 @@ TOL = 1e-5  # float32 max-abs on latents of size ~1; measured 0.0 (bit-equal) on
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from modalities.image.sd import SDModel
+    from longgen.modalities.image.sd import SDModel
     from tests.fixtures.tiny_sd import tiny_sd_components
 
     parts = tiny_sd_components(tmp_path_factory.mktemp("md"))

@@ -20,11 +20,11 @@ from PIL import Image
 from longgen.cli import build_parser, discover, main
 from longgen.engine import NoiseField
 from longgen.run import run_job
-from modalities.image.sd import load_sd
-from modalities.image.sd_jobs import (
+from longgen.modalities.image.sd import load_sd
+from longgen.modalities.image.sd_jobs import (
     DECODE_HALO, inpaint, latent_mask, panorama, sd_inpaint_job, sd_panorama_job, unet_forwards,
 )
-from stitch import StreamingDecoder
+from longgen.stitch import StreamingDecoder
 from tests.fixtures.tiny_sd import (  # noqa: F401  (pytest fixtures)
     tiny_sd_path, tiny_sdxl_path, tiny_taesd_path,
 )

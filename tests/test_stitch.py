@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stitch import Canvas, StreamingDecoder, seam_score, temporal_seam_score, tiled_decode, window_boundaries
-from stitch.canvas import feather_ramp
+from longgen.stitch import Canvas, StreamingDecoder, seam_score, temporal_seam_score, tiled_decode, window_boundaries
+from longgen.stitch.canvas import feather_ramp
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import fixtures_video as fx  # noqa: E402
 
 from longgen.cli import main  # noqa: E402
-from modalities.video.plugin import clip_to_tensor  # noqa: E402
-from modalities.video.writers import MP4Writer, frames_to_uint8, read_video  # noqa: E402
+from longgen.modalities.video.plugin import clip_to_tensor  # noqa: E402
+from longgen.modalities.video.writers import MP4Writer, frames_to_uint8, read_video  # noqa: E402
 
 torch.set_grad_enabled(False)
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_init_clip_kept_builtin(tmp_path):
 
 
 def test_init_clip_kept_real_model(models, tmp_path):
-    from modalities.video.models import load_video_model
+    from longgen.modalities.video.models import load_video_model
 
     clip = moving_clip(20, 24, 32)   # 24x32 -> short side to 16, centre crop to 16x16
     src = write_mp4(tmp_path / "clip.mp4", clip)
@@ -171,7 +171,7 @@ def test_alm_windows_join_better_than_independent_windows(tmp_path):
     """temporal_seam_score at the windows' first new frames (paste merging, so nothing hides a seam):
     ALM's observed overlap must make the join far smoother than plain DDIM's independent windows."""
     from longgen.planner import plan_windows
-    from stitch import temporal_seam_score
+    from longgen.stitch import temporal_seam_score
 
     bounds = [w.start + w.new_from for w in plan_windows(40, 16, 8).windows[1:]]   # [16, 24, 32]
     score = {}

@@ -20,12 +20,12 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 import fixtures_video as fx  # noqa: E402
 
-from modalities.video.lavie import (  # noqa: E402
+from longgen.modalities.video.lavie import (  # noqa: E402
     LaVieUNet, RotaryEmbedding, TemporalAttention, apply_rotary, inflate_unet2d_state_dict,
     is_temporal_key, lavie_state_dict_keys, load_lavie_state_dict, relative_position_bucket,
     rotary_angles,
 )
-from modalities.video.models import load_video_model  # noqa: E402
+from longgen.modalities.video.models import load_video_model  # noqa: E402
 
 torch.set_grad_enabled(False)
 
@@ -242,7 +242,7 @@ def test_lavie_spatial_path_equals_diffusers_unet2d():
 
 def test_resnet_group_norm_spans_frames():
     """LaVie's ResnetBlock3D normalises the 5-D tensor: one mean/var per (sample, group) over F, H, W."""
-    from modalities.video.lavie import ResnetBlock
+    from longgen.modalities.video.lavie import ResnetBlock
 
     torch.manual_seed(6)
     block = fx.perturb_(ResnetBlock(32, 32, 16, groups=4, eps=1e-5), 7)

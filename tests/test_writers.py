@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from modalities.image.writers import PNGStripWriter, write_png_stream
-from modalities.motion.plugin import NPYWriter
+from longgen.modalities.image.writers import PNGStripWriter, write_png_stream
+from longgen.modalities.motion.plugin import NPYWriter
 
 
 def test_png_stream_round_trip(tmp_path):

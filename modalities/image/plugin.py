@@ -3,7 +3,7 @@
 With ``--model builtin`` (the default) the exact landscape prior of ``longgen.builtin`` samples
 4-channel latents that a fixed linear map turns into RGB (8 px per latent); a scene word in the
 prompt (day, sunset, night, desert, snow) picks that scene's class, so guidance means something.
-With a diffusers checkpoint (``--model PATH|HUB_ID``) see :mod:`modalities.image.sd_jobs`.
+With a diffusers checkpoint (``--model PATH|HUB_ID``) see :mod:`longgen.modalities.image.sd_jobs`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from longgen.engine import Engine, EngineConfig, Given
 from longgen.planner import plan_windows
 from longgen.priors import PriorDenoiser
 from longgen.run import Job
-from stitch import StreamingDecoder
+from longgen.stitch import StreamingDecoder
 
 from .writers import PNGStripWriter
 

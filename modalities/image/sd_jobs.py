@@ -2,7 +2,7 @@
 
 Used by ``longgen panorama --model PATH|HUB_ID`` / ``longgen inpaint --model ...`` (through
 :func:`sd_panorama_job` / :func:`sd_inpaint_job`) and from Python through :func:`panorama` and
-:func:`inpaint`, which take an :class:`~modalities.image.sd.SDModel`, a diffusers pipeline or a
+:func:`inpaint`, which take an :class:`~longgen.modalities.image.sd.SDModel`, a diffusers pipeline or a
 checkpoint path, in the manner of a diffusers pipeline call.
 
 Panorama: windows of the model's native size (``SDModel.image_size``: 512 px for SD 1.5 / 2.1-base,
@@ -10,7 +10,7 @@ Panorama: windows of the model's native size (``SDModel.image_size``: 512 px for
 Hleephilip/ALM_public ``alm/wide_image.py``: 64-latent windows, 48-latent stride), the last window
 aligned to the right end so that any width that is a multiple of 8 works. ``a|b|c`` gives one
 prompt per window. SDXL's micro-conditioning uses the window's size (``encode_prompt(size=...)``).
-Finished latent chunks are decoded by :class:`stitch.StreamingDecoder` with a halo of
+Finished latent chunks are decoded by :class:`longgen.stitch.StreamingDecoder` with a halo of
 :data:`DECODE_HALO` latents and written as PNG strips while later windows are being sampled.
 
 Why a halo and how exact it is: the SD VAE decoder is convolutional except for its mid-block
@@ -63,7 +63,7 @@ from longgen.cli import request_of
 from longgen.engine import Engine, EngineConfig, Given
 from longgen.planner import Plan, plan_windows
 from longgen.run import Job
-from stitch import StreamingDecoder
+from longgen.stitch import StreamingDecoder
 
 from .sd import SDModel, load_sd, resolve_dtype
 

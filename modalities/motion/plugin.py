@@ -25,7 +25,7 @@ from longgen.engine import Engine, EngineConfig
 from longgen.planner import plan_windows
 from longgen.priors import PriorDenoiser
 from longgen.run import Job
-from stitch import StreamingDecoder
+from longgen.stitch import StreamingDecoder
 
 from .features import N_FEATURES, recover_from_ric_abs
 from .keyframes import given_of, keyframe_setup, parse_keyframes  # noqa: F401 (parse_keyframes: public here too)

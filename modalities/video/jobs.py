@@ -1,7 +1,7 @@
 """``longgen video --model CKPT``: long videos from a real video UNet (ModelScope UNet3D, AnimateDiff,
 LaVie), sampled in windows of the model's native length and streamed to mp4.
 
-The job mirrors the builtin path of :mod:`modalities.video.plugin`: windows of the model's native
+The job mirrors the builtin path of :mod:`longgen.modalities.video.plugin`: windows of the model's native
 length (16 frames) at half that stride (the paper's LaVie setting: 12 windows for 104 frames; the
 planner aligns the last window to the end, so any length >= one window works). An ``--init`` clip
 is read with PyAV, resized and centre-cropped to the model's frame size, VAE-encoded, and given to
@@ -27,7 +27,7 @@ from longgen.cli import request_of
 from longgen.engine import Engine, Given
 from longgen.planner import plan_windows
 from longgen.run import Job
-from stitch import StreamingDecoder
+from longgen.stitch import StreamingDecoder
 
 from ..image.plugin import engine_config
 from .models import NATIVE_FRAMES, VideoModel, load_video_model

@@ -9,7 +9,7 @@ decode/encode frames in bounded chunks. Three UNet families:
   ``UNet3DConditionModel`` in ``unet/``);
 * ``animatediff`` - an SD checkpoint's ``UNet2DConditionModel`` plus a ``MotionAdapter``, joined by
   ``UNetMotionModel.from_unet2d`` (or an already saved ``UNetMotionModel``);
-* ``lavie`` - LaVie's base model: our :mod:`modalities.video.lavie` UNet built from SD-1.4's UNet
+* ``lavie`` - LaVie's base model: our :mod:`longgen.modalities.video.lavie` UNet built from SD-1.4's UNet
   config, with ``lavie_base.pt`` loaded strictly; VAE, text encoder, tokenizer and scheduler from
   the SD-1.4 directory. LaVie samples with SD-1.4's scheduler config but linear betas
   1e-4..0.02 (Vchitect/LaVie base/pipelines/sample.py + base/configs/sample.yaml), so that is the

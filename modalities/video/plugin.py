@@ -2,7 +2,7 @@
 setting: 12 windows for 104 frames), decoded frame by frame and encoded to mp4 as they finish.
 
 ``--model builtin`` samples the exact landscape video prior; ``--init clip.mp4`` gives the first
-frames, which the following windows extend. Real video UNets: :mod:`modalities.video.jobs`.
+frames, which the following windows extend. Real video UNets: :mod:`longgen.modalities.video.jobs`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from longgen.engine import Engine, Given
 from longgen.planner import plan_windows
 from longgen.priors import PriorDenoiser
 from longgen.run import Job
-from stitch import StreamingDecoder
+from longgen.stitch import StreamingDecoder
 
 from ..image.plugin import VAE_SCALE, builtin_scheduler, check_builtin_dtype, check_pixels, engine_config, scene_class
 from .writers import MP4Writer, read_video
