@@ -2,18 +2,25 @@
 ``longgen.modalities`` entry-point group (the core never imports ``modalities/``).
 
 A plugin is a class with ``name``, ``help``, ``defaults`` (values for the common options),
-``add_arguments(parser)`` and ``build_job(args) -> longgen.run.Job``.
+``add_arguments(parser)`` and ``build_job(args) -> longgen.run.Job``. A plugin module imports its
+heavy libraries (torch, diffusers, av) inside ``build_job``, so ``longgen --help`` stays fast.
+
+Every fault ends the command with one line ``longgen <cmd>: error: ...`` on stderr and exit
+status 2, before anything is sampled where it can be known then (output path, inputs, model
+files); Ctrl-C ends it with ``longgen <cmd>: interrupted; continue with --resume`` and status 130.
+Set ``LONGGEN_TRACEBACK=1`` to see the traceback of an unexpected error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from .samplers import METHODS
+from .constants import METHODS  # not .samplers: `longgen --help` must not import torch
 
 GROUP = "longgen.modalities"
 COMMON_DEFAULTS = dict(model="builtin", seed=0, steps=50, method="alm", w1=1.0, w2=0.001,
@@ -26,7 +33,13 @@ def discover() -> dict:
     """name -> plugin instance, for every entry point in the ``longgen.modalities`` group."""
     found = {}
     for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
-        found[ep.name] = ep.load()()
+        try:
+            found[ep.name] = ep.load()()
+        except Exception as e:  # a broken plugin: one line, and the other commands still work
+            if os.environ.get("LONGGEN_TRACEBACK"):
+                raise
+            print(f"longgen: error: the plugin {ep.name!r} ({ep.value}) does not load, its command is "
+                  f"left out: {_one_line(e)}", file=sys.stderr)
     return found
 
 
@@ -54,7 +67,8 @@ def add_common(p: argparse.ArgumentParser, defaults: dict) -> None:
                    help="how window overlaps are merged on the canvas (default: %(default)s)")
     g.add_argument("--dtype", default=d["dtype"], help="fp32 | fp16 | bf16 (default: %(default)s)")
     g.add_argument("--device", default=d["device"])
-    g.add_argument("--resume", action="store_true", help="continue an interrupted run of the same request")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run of the same request (its finished parts are "
+                   "verified against their sha256 first)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -84,6 +98,17 @@ def build_parser(plugins: dict) -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception as one line, with the file it concerns when it is an OSError."""
+    if isinstance(e, OSError) and e.strerror:
+        text = e.strerror + (f": {e.filename}" if e.filename else "")
+    else:
+        text = str(e) or type(e).__name__
+        if not isinstance(e, (ValueError, FileNotFoundError)):
+            text = f"{type(e).__name__}: {text}"
+    return " ".join(text.split())
+
+
 def main(argv=None) -> int:
     plugins = discover()
     parser = build_parser(plugins)
@@ -91,18 +116,29 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from .run import run_job
+    from .run import check_output_path, run_job, work_dir
 
     plugin = plugins[args.command]
     try:
+        # the output is checked before a model is loaded or a window sampled
+        check_output_path(args.out, resume=args.resume, overwrite=args.overwrite)
         job = plugin.build_job(args)
         progress = None
         if not args.no_progress:
             from tqdm.auto import tqdm
             progress = tqdm
         paths = run_job(job, resume=args.resume, overwrite=args.overwrite, progress=progress)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"longgen {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if (work_dir(args.out) / "state.pt").exists():
+            print(f"\nlonggen {args.command}: interrupted; continue with --resume", file=sys.stderr)
+        else:
+            print(f"\nlonggen {args.command}: interrupted before a window was finished; nothing to "
+                  "resume, run the command again", file=sys.stderr)
+        return 130
+    except Exception as e:  # every fault is one line, never a traceback
+        if os.environ.get("LONGGEN_TRACEBACK"):
+            raise
+        print(f"longgen {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     print(json.dumps({"outputs": [str(p) for p in paths], "windows": len(job.engine.plan),
                       "forwards": job.engine.forwards, **job.info}))

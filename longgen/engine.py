@@ -12,8 +12,14 @@ The first window of a group observes the previous group's last window through ``
 * ``noise``      — fresh q(X_t | X_0) of its finished latent every step.
 
 User-given content (motion keyframes, a video's first clip, an inpainting source) is observed
-through ``given_path``: ``invert`` (DDIM inversion of the masked window, as released for
-inpainting) or ``noise`` (as released for motion). Given content wins over the overlap.
+through ``given_path``: ``invert`` (DDIM inversion of the given window: for inpainting the full
+latent of the masked image, ``Given(keep_unknown=True)``, as released) or ``noise`` (as released
+for motion: ``q_sample`` of the keyframes, zero elsewhere). Given content wins over the overlap.
+
+A ``window_transform`` (:class:`WindowTransform`) gives each window its own coordinates: content
+entering a window (given content, the overlap from its neighbour) is mapped into them before the
+sampler sees it, and the finished window is mapped back before it goes onto the canvas (motion:
+every window re-centred on its own start, as GMD advises for long sequences).
 
 Finished windows go onto a :class:`longgen.stitch.Canvas`; everything before the next group's first window
 is final and is yielded as a :class:`Chunk`. Memory: G windows, the canvas tail and (for
@@ -83,10 +89,36 @@ class EngineConfig:
 class Given:
     """Content the user gives along the long axis: ``values`` (window shape, long axis of length
     n <= plan length, starting at position 0) and ``known`` (same shape or broadcastable; 1 where
-    observed). Positions >= n are not given."""
+    observed). Positions >= n are not given.
+
+    ``keep_unknown``: by default the unobserved part of ``values`` is zeroed before the engine
+    uses it (the released motion code noises ``keyframes * mask``); with True the values are used
+    as they are, so DDIM inversion sees the whole window (the released inpainting code inverts
+    the full VAE latent of the masked image). Only the observed part is ever read as X_t."""
 
     values: torch.Tensor
     known: torch.Tensor
+    keep_unknown: bool = False
+
+
+class WindowTransform:
+    """Per-window coordinates (the protocol of ``Engine(window_transform=...)``; subclassing is
+    optional). ``fit(window, x0, known)`` returns the window's parameters (a tensor, kept in the
+    resume state) from what is known of its clean content in the output's coordinates: ``x0`` and
+    ``known`` have the window shape (known = 1 where x0 is given or already final).
+    ``to_window(x, params, signal)`` maps a window-shaped tensor into the window's coordinates,
+    ``from_window`` back. ``x`` may be noisy, ``signal * x0 + noise`` with signal = sqrt(abar):
+    the map must be affine with its offset scaled by ``signal`` and send the noise to noise of
+    the same law (an orthogonal linear part), so that noisy latents can move between windows."""
+
+    def fit(self, window: Window, x0: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_window(self, x: torch.Tensor, params: torch.Tensor, signal: float = 1.0) -> torch.Tensor:
+        raise NotImplementedError
+
+    def from_window(self, x: torch.Tensor, params: torch.Tensor, signal: float = 1.0) -> torch.Tensor:
+        raise NotImplementedError
 
 
 @dataclass
@@ -121,6 +153,17 @@ class NoiseField:
         return torch.cat(parts, dim=len(self.shape) + self.axis).to(self.device)
 
 
+class LatentNoise:
+    """Initial noise read from a given tensor of the whole output (the window shape with the long
+    axis of the plan's length): ``Engine(latents=...)``; nothing is drawn."""
+
+    def __init__(self, latents: torch.Tensor, axis: int, dtype, device):
+        self.latents, self.axis = latents.to(device=device, dtype=dtype), axis
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        return self.latents[_sl(self.axis, start, stop, self.latents.ndim)]
+
+
 def _gen(seed: int, group: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 7_919 + group * 104_729 + salt) % (2**63 - 1))
 
@@ -131,8 +174,11 @@ class Engine:
     def __init__(self, denoiser, scheduler, plan: Plan, shape: tuple, axis: int, config: EngineConfig,
                  *, cond: Any = None, uncond: Any = None,
                  window_cond: Callable[[Window], tuple[Any, Any]] | None = None,
-                 given: Given | None = None, dtype=torch.float32, device="cpu", progress=None):
+                 given: Given | None = None, dtype=torch.float32, device="cpu", progress=None,
+                 latents: torch.Tensor | None = None, window_transform: WindowTransform | None = None):
         self.den, self.plan, self.cfg = denoiser, plan, config.validate()
+        self.wt = window_transform
+        self.prev_params: torch.Tensor | None = None  # the last finished window's transform parameters
         self.shape, self.axis = tuple(shape), axis
         if self.shape[axis] != plan.window:
             raise ValueError(f"window shape {self.shape} has {self.shape[axis]} positions on axis {axis}; "
@@ -143,6 +189,8 @@ class Engine:
         self.given = given
         self.dtype, self.device = dtype, device
         self.noise = NoiseField(config.seed, self.shape, axis, dtype, device)
+        if latents is not None:
+            self.use_latents(latents)
         self.G = config.group if 0 < config.group < len(plan) else len(plan)
         self.canvas = Canvas(plan.length, axis, mode=config.blend)
         self.next_window = 0
@@ -151,6 +199,16 @@ class Engine:
         self.progress = progress
         self.forwards = 0
 
+    def use_latents(self, latents: torch.Tensor) -> None:
+        """Take the whole output's initial noise from ``latents`` (the window shape with the long
+        axis of the plan's length) instead of the seeded noise field; nothing is drawn for Y_T."""
+        want = list(self.shape)
+        want[self.axis] = self.plan.length
+        if tuple(latents.shape) != tuple(want):
+            raise ValueError(f"latents has shape {tuple(latents.shape)}; the initial noise of "
+                             f"this output must be {tuple(want)}")
+        self.noise = LatentNoise(latents, self.axis, self.dtype, self.device)
+
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
         d = {"next_window": self.next_window, "canvas": self.canvas.state_dict()}
@@ -158,6 +216,8 @@ class Engine:
             d["prev_final"] = self.prev_final
         if self.prev_traj is not None:
             d["prev_traj"] = torch.stack(self.prev_traj)
+        if self.prev_params is not None:
+            d["prev_params"] = self.prev_params
         return d
 
     def load_state_dict(self, d: dict) -> None:
@@ -166,6 +226,7 @@ class Engine:
         self.prev_final = d.get("prev_final")
         traj = d.get("prev_traj")
         self.prev_traj = list(traj.unbind(0)) if traj is not None else None
+        self.prev_params = d.get("prev_params")
 
     # ------------------------------------------------------------------ helpers
     def _slice(self, x, a, b):
@@ -187,7 +248,20 @@ class Engine:
         known[_sl(self.axis, 0, stop - w.start, known.ndim)] = gk
         if not known.any():
             return None
-        return vals * known, known
+        return (vals if self.given.keep_unknown else vals * known), known
+
+    def _carry(self, part, src: int, p_from, p_to, signal: float):
+        """An overlap ``part`` (long axis n) at positions [src, src + n) of a window with transform
+        parameters ``p_from`` -> the next window's coordinates (``p_to``), where it sits at [0, n)."""
+        if self.wt is None:
+            return part
+        n = part.shape[self.axis]
+        full = torch.zeros(self.shape, dtype=part.dtype, device=part.device)
+        full[_sl(self.axis, src, src + n, full.ndim)] = part
+        g = self._slice(self.wt.from_window(full, p_from, signal), src, src + n)
+        full = torch.zeros_like(full)
+        full[_sl(self.axis, 0, n, full.ndim)] = g
+        return self._slice(self.wt.to_window(full, p_to, signal), 0, n)
 
     def _conds(self, windows):
         if self.window_cond is None:
@@ -233,6 +307,20 @@ class Engine:
             if gw is not None:
                 given_x0[b], given_known[b] = gw
         mask = mask * (1 - given_known)
+        params = [None] * G
+        if self.wt is not None:  # each window's own coordinates, fitted to what is known of it
+            for b, w in enumerate(group):
+                ctx_x, ctx_k = given_x0[b].clone(), given_known[b].clone()
+                if b == 0 and k0 > 0 and w.new_from > 0:
+                    d = w.start - self.plan.windows[k0 - 1].start
+                    prev_g = self._slice(self.wt.from_window(self.prev_final, self.prev_params),
+                                         d, d + w.new_from)
+                    ov = _sl(ax, 0, w.new_from, len(self.shape))
+                    ctx_x[ov] = torch.where(ctx_k[ov].bool(), ctx_x[ov], prev_g)
+                    ctx_k[ov] = 1
+                params[b] = self.wt.fit(w, ctx_x, ctx_k)
+                gx = self.wt.to_window(given_x0[b], params[b])
+                given_x0[b] = gx if getattr(self.given, "keep_unknown", False) else gx * given_known[b]
         if plain:
             mask = torch.ones_like(mask)
         act = observed_windows(mask)
@@ -266,7 +354,11 @@ class Engine:
                 raise RuntimeError("internal: no source for the group's first window")
 
         def overlap_from_prev(i):
-            return prev_src(i) if callable(prev_src) else prev_src[i]
+            x = prev_src(i) if callable(prev_src) else prev_src[i]
+            if self.wt is None:
+                return x
+            d = w0.start - self.plan.windows[k0 - 1].start
+            return self._carry(x, d, self.prev_params, params[0], float(sch.abar[i].sqrt()))
 
         def x_of(b: int, i: int, y_now: torch.Tensor, prev_i) -> torch.Tensor:
             """X_t of window b at step i given the group's current latents."""
@@ -275,7 +367,9 @@ class Engine:
             if w.new_from > 0:
                 if b > 0:
                     d = w.start - group[b - 1].start
-                    x[_sl(ax, 0, w.new_from, x.ndim)] = self._slice(y_now[b - 1], d, d + w.new_from)
+                    x[_sl(ax, 0, w.new_from, x.ndim)] = self._carry(
+                        self._slice(y_now[b - 1], d, d + w.new_from), d, params[b - 1], params[b],
+                        float(sch.abar[i].sqrt()))
                 elif prev_i is not None:
                     x[_sl(ax, 0, w.new_from, x.ndim)] = prev_i
             if has_given[b]:
@@ -317,12 +411,17 @@ class Engine:
                     continue
                 src = y[b - 1] if b > 0 else self.prev_final
                 d = w.start - (group[b - 1].start if b > 0 else self.plan.windows[k0 - 1].start)
-                x0[b][_sl(ax, 0, w.new_from, x0.ndim - 1)] = self._slice(src, d, d + w.new_from)
+                x0[b][_sl(ax, 0, w.new_from, x0.ndim - 1)] = self._carry(
+                    self._slice(src, d, d + w.new_from), d,
+                    params[b - 1] if b > 0 else self.prev_params, params[b], 1.0)
             x0 = torch.where(given_known.bool(), given_x0, x0)
             y = torch.where(mask.bool(), y, x0)
         if cfg.paste_given and has_given.any():
             y = torch.where(given_known.bool(), given_x0, y)
         self.forwards += ev.calls + cond_ev.calls
-        self.prev_final = y[-1].clone()
+        self.prev_final = y[-1].clone()   # in its own window's coordinates
         self.prev_traj = traj if keep_traj else None
+        if self.wt is not None:
+            self.prev_params = params[-1]
+            y = torch.stack([self.wt.from_window(y[b], params[b]) for b in range(G)])
         return y

@@ -18,8 +18,7 @@ import torch
 from .denoiser import Evaluator, Request, to_eps
 from .schedule import Schedule, base_step
 
-METHODS = ("alm", "alm-fused", "syncsde", "replace", "ddim", "ddpm")
-OBSERVING = ("alm", "alm-fused", "syncsde", "replace")
+from .constants import METHODS, OBSERVING  # noqa: F401  (defined there: the CLI reads them without torch)
 
 
 def _eps(sch: Schedule, i: int, out: torch.Tensor, x: torch.Tensor, pt: str) -> torch.Tensor:

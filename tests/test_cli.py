@@ -133,7 +133,7 @@ def test_bad_input_is_refused_and_nothing_is_lost(tmp_path, capsys):
     existing.write_bytes(b"precious")
     cases = [
         (["panorama", "--width", 2050, "--out", tmp_path / "a.png"], "--width must be a positive multiple of 8"),
-        (["panorama", "--stride", 512, "--out", tmp_path / "a.png"], "stride (64) must be smaller than the window (64)"),
+        (["panorama", "--stride", 512, "--out", tmp_path / "a.png"], "stride 512 px must be smaller than the window 512 px"),
         (["panorama", "--width", 0, "--out", tmp_path / "a.png"], "--width must be a positive multiple of 8"),
         (["video", "--frames", -3, "--out", tmp_path / "a.mp4"], "--frames must be a positive integer"),
         (["video", "--frames", 10, "--out", tmp_path / "a.mp4"], "fewer than one window (16 frames)"),

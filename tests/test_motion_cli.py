@@ -111,8 +111,11 @@ def hand_built(ckpt, walk_file, steps: int, text: torch.Tensor, guidance: float)
                         prediction_type="sample", variance_type="fixed_small", clip_sample=False)
     config = EngineConfig(method="alm", w1=1.0, w2=0.005, steps=steps, observed="noise",
                           given_path="noise", guidance_scale=guidance, seed=0)
+    from longgen.modalities.motion.recentre import RecentreWindows
+
     engine = Engine(CondMDIDenoiser(model, cfg), sch, plan_windows(FRAMES, 196, 98), (263, 196), -1,
-                    config, cond=text, uncond=torch.zeros(1, 512), given=given)
+                    config, cond=text, uncond=torch.zeros(1, 512), given=given,
+                    window_transform=RecentreWindows(norm))
     z = torch.cat([c.latent for c in engine], dim=-1)                       # (263, 196)
     return recover_from_ric_abs(norm.denormalize(z.T.double())).numpy()
 
@@ -221,7 +224,7 @@ def inbetween(tmp_path_factory, walk_file):
         assert main(["motion", "--input", str(walk_file), "--out", str(d / f"{m}.npy"), "--steps", "30",
                      "--method", m, "--keyframes", "every:10", "--no-progress"]) == 0
         out[m] = np.load(d / f"{m}.npy")
-    ref = recover_from_ric_abs(torch.from_numpy(motion_features(np.load(walk_file)))).numpy()
+    ref = recover_from_ric_abs(torch.from_numpy(motion_features(np.load(walk_file), dataset=False))).numpy()
     return out, ref
 
 

@@ -60,6 +60,34 @@ def test_trajectory_errors_with_known_offsets():
         M.trajectory_errors(pred, gt, [0, 30])
 
 
+def test_uneven_keyframe_lists_pad_with_the_last_frame_like_condmdi():
+    """Expected numbers from CondMDI (github.com/setarehc/diffusion-motion-inbetweening, commit
+    0c58473066ef582b9464a66d5542e0d1b6ae66c8): ``sample/gmd/condition.py``
+    ``compute_kps_error_arbitrary`` (traj_only True and False) fed to
+    ``data_loaders/humanml/utils/metrics.py`` ``calculate_trajectory_error(strict=True)`` and
+    ``calculate_keyframe_error``, run on this very case (float32 torch; tolerance 1e-6)."""
+    B, T = 3, 30
+    gt = np.repeat(_still(T)[None], B, axis=0)
+    pred = gt.copy()
+    keys = [[0, 10, 20], [5], [3, 7, 12, 29]]
+    # root offsets (m) at the keyframes and at the last frame 29, which only sample 2 observes
+    for i, (frames, offs, axis) in enumerate([([0, 10, 20, 29], [0.05, 0.1, 0.15, 0.7], 0),
+                                              ([5, 29], [0.04, 0.3], 2),
+                                              ([3, 7, 12, 29], [0.07, 0.09, 0.25, 0.06], 0)]):
+        for k, o in zip(frames, offs):
+            pred[i, k, :, axis] += o
+    out = M.trajectory_errors(pred, gt, keys)
+    # CondMDI's errors per padded slot: [.05 .1 .15 .7], [.04 .3 .3 .3], [.07 .09 .25 .06]
+    condmdi = {"fail_0.2": 1.0, "fail_0.5": 0.33333331, "kps_fail_0.2": 0.41666666,
+               "kps_fail_0.5": 0.08333334, "mean_error": 0.08583333}
+    for k, v in condmdi.items():
+        assert out[k] == pytest.approx(v, abs=1e-6), (k, out[k], v)
+    assert M.keyframe_error(pred, gt, keys) == pytest.approx(0.08583333343267441, abs=1e-6)
+    # judged alone (nothing padded), samples 0 and 1 pass: only their last frames fail them
+    alone = [M.trajectory_errors(pred[[i]], gt[[i]], [keys[i]])["fail_0.2"] for i in range(B)]
+    assert alone == [0.0, 0.0, 1.0]
+
+
 def test_keyframe_error_mean_3d_joint_distance():
     gt = _still(20)
     pred = gt.copy()

@@ -53,9 +53,11 @@ def test_skeleton_tables_agree():
 # ----------------------------------------------------------------------------- features
 @pytest.mark.parametrize("smooth", [20.0, 0.0])
 def test_round_trip_relative_and_absolute(walks, smooth):
-    for joints in list(walks[:2]) + [_turning_walk()]:
-        canon = F.canonicalize(joints)
-        feats = F.joints_to_features(joints, smooth_sigma=smooth)
+    # the walks' headings stay inside (-180, 180) degrees, where the dataset's arcsin (feature 0)
+    # inverts exactly; the turning walk sweeps 360 degrees, so it takes the consistent difference
+    for joints, arcsin in [(walks[0], True), (walks[1], True), (_turning_walk(), False)]:
+        canon = F.dataset_joints(joints)
+        feats = F.joints_to_features(joints, smooth_sigma=smooth, dataset_arcsin=arcsin)
         assert feats.shape == (len(joints) - 1, 263)
         err_rel = np.abs(F.recover_from_ric(feats) - canon[:-1]).max()
         err_abs = np.abs(F.recover_from_ric_abs(F.to_abs_root(feats)) - canon[:-1]).max()
@@ -65,12 +67,27 @@ def test_round_trip_relative_and_absolute(walks, smooth):
         assert err_rot <= 1e-5, err_rot
 
 
+def test_first_frame_identity_and_its_alternative(walks):
+    joints = walks[0]
+    psi = np.arctan2(*F._ik_forward(F.dataset_joints(joints), 20.0)[:, [0, 2]].T)  # smoothed headings
+    f = F.joints_to_features(joints)
+    # the dataset gives frame 0 the identity: row 0 holds half of frame 1's absolute heading
+    assert f[0, 0] == pytest.approx(-psi[1] / 2, abs=1e-12)
+    assert abs(psi[0]) > 0.01  # frame 0's own smoothed heading is not 0, so rows 0 and 1 jump
+    g = F.joints_to_features(joints, identity_first_frame=False)
+    assert g[0, 0] == pytest.approx(-(psi[1] - psi[0]) / 2, abs=1e-12)
+    np.testing.assert_allclose(g[1:, 0], f[1:, 0], atol=1e-12)  # later steps are the same
+    assert np.abs(F.recover_from_ric(g) - F.dataset_joints(joints)[:-1]).max() <= 1e-9
+    # the other blocks are the same motion seen from a frame turned by psi_0 (rows >= 1)
+    assert np.abs(g[1:, 4:67] - f[1:, 4:67]).max() > 1e-3
+
+
 def test_torch_float64_batched_recovery(walks):
     feats = np.stack([F.joints_to_features(j) for j in walks])  # (4, 119, 263)
     out = F.recover_from_ric(torch.from_numpy(feats))
     assert out.dtype == torch.float64 and out.shape == (4, 119, 22, 3)
     for i, j in enumerate(walks):
-        assert np.abs(out[i].numpy() - F.canonicalize(j)[:-1]).max() <= 1e-5
+        assert np.abs(out[i].numpy() - F.dataset_joints(j)[:-1]).max() <= 1e-5
 
 
 def test_canonicalize_floor_origin_facing():
@@ -112,11 +129,13 @@ def test_root_rotation_velocity_matches_humanml3d_arcsin():
     # heading stays within (-180, 180) degrees, where HumanML3D's arcsin formula is valid
     joints = _turning_walk(T=40, turn=2.0)
     f = F.joints_to_features(joints, smooth_sigma=0.0)
-    c = F.canonicalize(joints)
-    across = (c[:, 2] - c[:, 1]) + (c[:, 17] - c[:, 16])
+    c = F.dataset_joints(joints)
+    # the root rotation's across vector: left hip - right hip + right shoulder - left shoulder
+    across = (c[:, 1] - c[:, 2]) + (c[:, 17] - c[:, 16])
     fwd = np.cross([0, 1, 0], across)
     fwd /= np.linalg.norm(fwd, axis=-1, keepdims=True)
     q = _qbetween_yaw(fwd)  # (T, 4)
+    q[0] = [1.0, 0.0, 0.0, 0.0]  # frame 0 is the identity
     # y component of q[t+1] * inv(q[t]) for yaw-only quaternions: w1 (-y0) + y1 w0
     y_rel = -q[1:, 0] * q[:-1, 2] + q[1:, 2] * q[:-1, 0]
     np.testing.assert_allclose(f[:, 0], np.arcsin(y_rel), atol=1e-12)

@@ -256,7 +256,8 @@ def test_partial_frames_written_lossless_for_resume(tmp_path):
     w.open(work, None)
     w.write(clip[:, :5])
     w.write(clip[:, 5:])
-    assert w.state() == {"parts": 2, "frames": 12}
+    assert w.state() == {"parts": 2, "frames": 12, "sha256": [  # each frame file's digest, for --resume
+        hashlib.sha256((work / f"frames_{k:05d}.npy").read_bytes()).hexdigest() for k in range(2)]}
     saved = np.concatenate([np.load(work / f"frames_{k:05d}.npy") for k in range(2)])
     assert np.array_equal(saved, frames_to_uint8(clip))
     w.close()

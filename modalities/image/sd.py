@@ -86,6 +86,17 @@ def _not_found(model: str, local_files_only: bool) -> str:
     )
 
 
+def _read_json(path: Path) -> dict:
+    """A checkpoint's JSON file as a dict; a broken one is a ValueError that names the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); the checkpoint is damaged or incomplete") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object; the checkpoint is damaged")
+    return data
+
+
 def locate_checkpoint(model: str | Path, local_files_only: bool = True) -> tuple[str, dict]:
     """(where to load from, parsed model_index.json) for a local directory or a hub id."""
     path = Path(model).expanduser()
@@ -98,7 +109,7 @@ def locate_checkpoint(model: str | Path, local_files_only: bool = True) -> tuple
                 f"{str(path)!r} is not a diffusers checkpoint (no model_index.json); "
                 f"expected {EXPECTED_LAYOUT}"
             )
-        index = json.loads(index_file.read_text())
+        index = _read_json(index_file)
         missing = [c for c in ("unet", "scheduler") if not (path / c).is_dir()]
         if "unet" not in index:
             missing = sorted(set(missing) | {"unet"})
@@ -118,7 +129,7 @@ def locate_checkpoint(model: str | Path, local_files_only: bool = True) -> tuple
         index_file = hf_hub_download(model, "model_index.json", local_files_only=local_files_only)
     except Exception as err:  # the hub raises several types for "not there"
         raise FileNotFoundError(_not_found(model, local_files_only)) from err
-    index = json.loads(Path(index_file).read_text())
+    index = _read_json(Path(index_file))
     if "unet" not in index:
         raise ValueError(f"hub checkpoint {model!r} has no unet; expected {EXPECTED_LAYOUT}")
     return model, index
@@ -129,9 +140,9 @@ def _vae_class(source: str, local_files_only: bool) -> tuple[str, str | None]:
     path = Path(source).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():
-            return json.loads((path / "config.json").read_text()).get("_class_name", ""), None
+            return _read_json(path / "config.json").get("_class_name", ""), None
         if (path / "vae" / "config.json").is_file():
-            cfg = json.loads((path / "vae" / "config.json").read_text())
+            cfg = _read_json(path / "vae" / "config.json")
             return cfg.get("_class_name", ""), "vae"
         raise ValueError(f"vae {source!r} has no config.json (nor vae/config.json)")
     if not _HUB_ID.match(source):
@@ -142,7 +153,7 @@ def _vae_class(source: str, local_files_only: bool) -> tuple[str, str | None]:
         cfg_file = hf_hub_download(source, "config.json", local_files_only=local_files_only)
     except Exception as err:
         raise FileNotFoundError(_not_found(source, local_files_only)) from err
-    return json.loads(Path(cfg_file).read_text()).get("_class_name", ""), None
+    return _read_json(Path(cfg_file)).get("_class_name", ""), None
 
 
 def load_vae(source: str | Path, *, dtype: torch.dtype = torch.float32, device="cpu",

@@ -43,12 +43,23 @@ For comparison, diffusers' ``StableDiffusionPanoramaPipeline`` (MultiDiffusion, 
 stride 8) evaluates 25 views x 2 rows = 50 UNet rows per step at 2048x512; ALM here evaluates
 5 windows x 4 rows - 2 = 18.
 
-Inpainting follows the released ``alm/inpainting.py``: the masked source is VAE-encoded
-(``latent_dist.mode() * scaling_factor``), DDIM-inverted with the conditional prediction, and the
-inversion trajectory is the observed X_t; one window covers the image. The pixel mask is resized
-to the latent grid with nearest-neighbour sampling. ``--blend-pixels R`` also writes the image
-with pixels pasted back through the mask blurred by R (pixels farther than R from the mask are the
-source's exactly).
+Inpainting follows the released ``alm/inpainting.py``: the hole is blacked out in the 8-bit
+image before it is mapped to [-1, 1], so the VAE sees -1 there (:func:`masked_image`); that image
+is VAE-encoded (``latent_dist.mode() * scaling_factor``) and its FULL latent, hole included, is
+DDIM-inverted with the conditional prediction (``Given(keep_unknown=True)``); the inversion
+trajectory is the observed X_t; one window covers the image. The pixel mask is resized to the
+latent grid with nearest-neighbour sampling. Beside the raw output the blended one is written
+(``<out>-blended.png``, the released ``blended/``): generated pixels pasted into the source through
+the released blend mask, a 21x21 Gaussian of the mask kept at 1 inside the hole
+(:func:`~longgen.modalities.image.plugin.released_blend_mask`); ``--blend-pixels R`` blends
+through a box blur of radius R instead (pixels farther than R from the mask are the source's
+exactly), ``--blend-pixels 0`` writes no blended file.
+
+Python API (diffusers habits): ``panorama(model, prompt, ...)`` and ``inpaint(model, image, mask,
+prompt, ...)`` take ``latents=`` (the initial noise of the whole output in the VAE-latent layout:
+``(C, H/8, W/8)``; replaces the seeded noise exactly, nothing is drawn for Y_T) and
+``output_type="pil" | "np" | "latent"`` (``"np"``: float32 ``(H, W, 3)`` in [0, 1];
+``"latent"``: the final latent ``(C, H/8, W/8)`` before decoding).
 """
 
 from __future__ import annotations
@@ -65,6 +76,7 @@ from longgen.planner import Plan, plan_windows
 from longgen.run import Job
 from longgen.stitch import StreamingDecoder
 
+from .api import check_output_type
 from .sd import SDModel, load_sd, resolve_dtype
 
 DECODE_HALO = 8  # latents of context each side of a decoded chunk (64 px for SD)
@@ -136,8 +148,10 @@ def _take(cond: Any, k: int) -> Any:
 def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, config: EngineConfig,
                    *, window: int | None = None, stride: int | None = None,
                    negative_prompt: str | None = None, halo: int = DECODE_HALO,
-                   device: str | torch.device | None = None) -> tuple[Engine, StreamingDecoder]:
-    """The engine and streaming decoder of a panorama; ``prompts`` has 1 or one per window."""
+                   device: str | torch.device | None = None,
+                   latents: torch.Tensor | None = None) -> tuple[Engine, StreamingDecoder]:
+    """The engine and streaming decoder of a panorama; ``prompts`` has 1 or one per window;
+    ``latents`` (C, height/8, width/8): the initial noise, given."""
     f = sd.vae_scale_factor
     window = sd.image_size if window is None else window
     stride = default_stride(window, f) if stride is None else stride
@@ -153,7 +167,8 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
     window_cond = lambda w: (_take(cond, row[per_window[w.index]]), uncond0)  # noqa: E731
     shape = (sd.latent_channels, height // f, plan.window)  # (C, h, window) latents
     engine = Engine(sd.denoiser, sd.scheduler, plan, shape, -1, config, window_cond=window_cond,
-                    dtype=torch.float32, device=device if device is not None else sd.device)
+                    dtype=torch.float32, device=device if device is not None else sd.device,
+                    latents=latents)
     decoder = StreamingDecoder(lambda z: sd.vae_decode(z[None])[0], axis=-1, halo=halo, scale=f)
     return engine, decoder
 
@@ -166,6 +181,17 @@ def _seed_of(seed: int | None, generator: torch.Generator | None) -> int:
     return 0 if seed is None else int(seed)
 
 
+def image_output(img: torch.Tensor, output_type: str):
+    """(3, H, W) in [-1, 1] -> a PIL image (8-bit, rounded) or float32 (H, W, 3) in [0, 1]."""
+    if output_type == "np":
+        return ((img.detach().float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()
+    from PIL import Image
+
+    from .writers import to_uint8
+
+    return Image.fromarray(to_uint8(img))
+
+
 @torch.no_grad()
 def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int = 512, *,
              steps: int = 50, method: str = "alm", w1: float = 1.0, w2: float = 0.001,
@@ -173,20 +199,20 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
              window: int | None = None, stride: int | None = None, observed: str = "trajectory",
              blend: str = "feather", generator: torch.Generator | None = None,
              seed: int | None = None, halo: int = DECODE_HALO,
-             callback: Callable[[int, torch.Tensor], None] | None = None):
-    """A ``width`` x ``height`` panorama as a ``PIL.Image``.
+             callback: Callable[[int, torch.Tensor], None] | None = None,
+             latents: torch.Tensor | None = None, output_type: str = "pil"):
+    """A ``width`` x ``height`` panorama as a ``PIL.Image`` (``output_type="pil"``), a float32
+    ``(H, W, 3)`` array in [0, 1] (``"np"``) or the final latent ``(C, H/8, W/8)`` (``"latent"``).
 
     ``model``: an :class:`SDModel`, a ``StableDiffusion(XL)Pipeline`` or a checkpoint path.
     ``prompt``: one string (``a|b|c`` = one per window) or a list with one per window.
     ``generator`` / ``seed``: the run's seed (a generator contributes its ``initial_seed()``).
     ``callback(window_index, latent_chunk)`` is called for every finished latent chunk
     ``(C, h, n)``, with the index of the last window it waited for. The same arguments give the
-    same pixels as ``longgen panorama``.
+    same pixels as ``longgen panorama``. ``latents``: the initial noise of the whole panorama,
+    ``(C, height/8, width/8)``, used instead of the seeded noise (nothing is drawn for Y_T).
     """
-    from PIL import Image
-
-    from .writers import to_uint8
-
+    check_output_type(output_type)
     sd = as_sd_model(model)
     cfg = EngineConfig(method=method, w1=w1, w2=w2, steps=steps, group=group, observed=observed,
                        guidance_scale=guidance_scale, blend=blend, seed=_seed_of(seed, generator))
@@ -195,18 +221,23 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
     else:
         prompts = list(prompt)
     engine, decoder = panorama_parts(sd, prompts, width, height, cfg, window=window, stride=stride,
-                                     negative_prompt=negative_prompt, halo=halo)
-    parts = []
+                                     negative_prompt=negative_prompt, halo=halo, latents=latents)
+    parts, lats = [], []
     for chunk in engine:
         if callback is not None:
             callback(chunk.windows_done - 1, chunk.latent)
+        if output_type == "latent":
+            lats.append(chunk.latent)
+            continue
         media = decoder.push(chunk.latent)
         if media is not None:
             parts.append(media)
+    if output_type == "latent":
+        return torch.cat(lats, dim=-1)
     tail = decoder.flush()
     if tail is not None:
         parts.append(tail)
-    return Image.fromarray(to_uint8(torch.cat(parts, dim=-1)))
+    return image_output(torch.cat(parts, dim=-1), output_type)
 
 
 def _load_for(args) -> SDModel:
@@ -269,10 +300,22 @@ def latent_mask(mask: torch.Tensor, f: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(mask[None].float(), size=(h, w), mode="nearest")[0]
 
 
+def masked_image(source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """What the VAE sees: ``source`` (3, H, W) in [-1, 1] with the hole (``mask`` = 1) at -1.
+
+    The released code multiplies the 8-bit image by (1 - mask) and then maps it to [-1, 1], so the
+    hole is black (-1), not grey (0); outside the hole the values are ``u8 / 127.5 - 1`` as they
+    were, so this equals the released input exactly for an image read from 8 bits.
+    """
+    return torch.where(mask.bool().expand_as(source), torch.full_like(source, -1.0), source)
+
+
 def inpaint_parts(sd: SDModel, source: torch.Tensor, mask: torch.Tensor, prompt: str,
                   config: EngineConfig, *, negative_prompt: str | None = None,
-                  device: str | torch.device | None = None) -> tuple[Engine, StreamingDecoder]:
-    """Engine and decoder filling ``mask`` (1, H, W) of ``source`` (3, H, W) in [-1, 1]."""
+                  device: str | torch.device | None = None,
+                  latents: torch.Tensor | None = None) -> tuple[Engine, StreamingDecoder]:
+    """Engine and decoder filling ``mask`` (1, H, W) of ``source`` (3, H, W) in [-1, 1];
+    ``latents`` (C, H/8, W/8): the initial noise, given."""
     f = sd.vae_scale_factor
     H, W = source.shape[-2:]
     _check_multiple("image height", H, f)
@@ -280,15 +323,18 @@ def inpaint_parts(sd: SDModel, source: torch.Tensor, mask: torch.Tensor, prompt:
     if mask.shape[-2:] != source.shape[-2:]:
         raise ValueError(f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is {W}x{H}; "
                          "they must match")
-    latent = sd.vae_encode((source * (1 - mask))[None])[0]  # masked source, as released: (C, h, w)
+    if not torch.all((mask == 0) | (mask == 1)):
+        raise ValueError("mask must be binary (0 = keep, 1 = generate)")
+    latent = sd.vae_encode(masked_image(source, mask)[None])[0]  # as released: (C, h, w)
     lmask = latent_mask(mask, f).to(latent.dtype)  # (1, h, w)
     h, w = latent.shape[-2:]
     plan = plan_windows(w, w, max(1, w - 1)) if w > 1 else plan_windows(1, 1, 1)  # one window
     cond, uncond = sd.encode_prompt(prompt, negative_prompt, size=(H, W))
-    given = Given(values=latent, known=(1 - lmask).expand_as(latent).contiguous())
+    # the FULL latent of the masked image is inverted (hole included), as released
+    given = Given(values=latent, known=(1 - lmask).expand_as(latent).contiguous(), keep_unknown=True)
     engine = Engine(sd.denoiser, sd.scheduler, plan, tuple(latent.shape), -1, config, cond=cond,
                     uncond=uncond, given=given, dtype=torch.float32,
-                    device=device if device is not None else sd.device)
+                    device=device if device is not None else sd.device, latents=latents)
     # one chunk: a halo as wide as the image makes it a single whole-image VAE call
     decoder = StreamingDecoder(lambda z: sd.vae_decode(z[None])[0], axis=-1, halo=w, scale=f)
     return engine, decoder
@@ -299,27 +345,48 @@ def inpaint(model: Any, image, mask, prompt: str = "", *, steps: int = 50, metho
             w1: float = 1.0, w2: float = 0.005, guidance_scale: float = SD_GUIDANCE,
             negative_prompt: str | None = None, given_path: str = "invert",
             generator: torch.Generator | None = None, seed: int | None = None,
-            blend_pixels: int = 0):
-    """Fill the white part of ``mask`` in ``image`` (PIL images or paths); returns a ``PIL.Image``
-    (pixel-blended through a mask blurred by ``blend_pixels`` when that is > 0)."""
-    from PIL import Image
+            blend_pixels: int = 0, latents: torch.Tensor | None = None,
+            output_type: str = "pil", return_blended: bool = False):
+    """Fill the white part of ``mask`` in ``image`` (PIL images or paths).
 
-    from .plugin import blur_mask
-    from .writers import to_uint8
+    ``model``: an :class:`SDModel`, a diffusers SD/SDXL pipeline or a checkpoint path.
+    ``latents``: the initial noise ``(C, H/8, W/8)`` (replaces the seeded noise; nothing drawn).
+    ``output_type``: ``"pil"`` (a ``PIL.Image``), ``"np"`` (float32 ``(H, W, 3)`` in [0, 1]) or
+    ``"latent"`` (the final latent ``(C, H/8, W/8)`` before decoding).
+    ``blend_pixels`` > 0: return the image pasted into the source through a box blur of that
+    radius instead of the raw one. ``return_blended=True``: return ``(raw, blended)``, blended as
+    the CLI's ``<out>-blended.png`` (the released 21x21 Gaussian blend, or the box blur of
+    ``blend_pixels`` when > 0).
+    """
+    from .plugin import blend_with_source
 
+    check_output_type(output_type)
+    if output_type == "latent" and (return_blended or blend_pixels):
+        raise ValueError("output_type='latent' returns the latent only; blending needs 'pil' or 'np'")
+    if isinstance(blend_pixels, bool) or not isinstance(blend_pixels, int) or blend_pixels < 0:
+        raise ValueError(f"blend_pixels must be an integer >= 0, got {blend_pixels!r}")
     sd = as_sd_model(model)
     source = _image_tensor(image)
     msk = _mask_tensor(mask, tuple(source.shape[-2:]))
     cfg = EngineConfig(method=method, w1=w1, w2=w2, steps=steps, given_path=given_path,
                        guidance_scale=guidance_scale, seed=_seed_of(seed, generator))
-    engine, decoder = inpaint_parts(sd, source, msk, prompt, cfg, negative_prompt=negative_prompt)
-    parts = [m for m in (decoder.push(c.latent) for c in engine) if m is not None]
+    engine, decoder = inpaint_parts(sd, source, msk, prompt, cfg, negative_prompt=negative_prompt,
+                                    latents=latents)
+    chunks = [c.latent for c in engine]
+    if output_type == "latent":
+        return torch.cat(chunks, dim=-1)
+    parts = [m for m in (decoder.push(c) for c in chunks) if m is not None]
     tail = decoder.flush()
     img = torch.cat(parts + ([tail] if tail is not None else []), dim=-1)
-    if blend_pixels > 0:
-        m = blur_mask(msk, blend_pixels)
-        img = img * m + source * (1 - m)
-    return Image.fromarray(to_uint8(img))
+    if not (return_blended or blend_pixels):
+        return image_output(img, output_type)
+    from PIL import Image
+
+    blended = blend_with_source(img, source, msk, blend_pixels or None)  # (H, W, 3) uint8
+    blended = Image.fromarray(blended) if output_type == "pil" else blended.astype("float32") / 255
+    if not return_blended:
+        return blended
+    return image_output(img, output_type), blended
 
 
 def _image_tensor(image) -> torch.Tensor:
@@ -350,7 +417,7 @@ def _mask_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
 
 def sd_inpaint_job(args) -> Job:
     """The :class:`~longgen.run.Job` of ``longgen inpaint --model <checkpoint>``."""
-    from .plugin import InpaintWriter, load_image, load_mask
+    from .plugin import InpaintWriter, check_blend_pixels, load_image, load_mask
 
     if args.image is None:
         raise ValueError("--image is required with a checkpoint model (--model "
@@ -364,8 +431,7 @@ def sd_inpaint_job(args) -> Job:
         mask[:, H // 4:3 * H // 4, W // 4:3 * W // 4] = 1
     else:
         mask = load_mask(args.mask, (H, W))
-    if args.blend_pixels < 0:
-        raise ValueError(f"--blend-pixels must be >= 0, got {args.blend_pixels}")
+    check_blend_pixels(args.blend_pixels)
     sd = _load_for(args)
     guidance = SD_GUIDANCE if args.guidance is None else args.guidance
     engine, decoder = inpaint_parts(sd, source, mask, args.prompt, _config(args, guidance),

@@ -1,7 +1,8 @@
 """Panorama output: finished strips written as PNGs while the run goes on, assembled at the end.
 
 Strips live in the run's work directory (``strip_00000.png`` ...), each readable on its own, so an
-interrupted run leaves a viewable partial panorama. The final PNG is assembled from the strips in
+interrupted run leaves a viewable partial panorama; the resume state holds each strip's sha256 and
+``--resume`` refuses a strip that changed. The final PNG is assembled from the strips in
 bands of rows and compressed as a stream (:func:`write_png_stream`), so assembling a 32768-px
 panorama holds one band, not the whole image; it is written atomically.
 """
@@ -12,57 +13,80 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: `longgen --help` does not load it
+    import torch
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    import torch
+
     x = ((img.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(1, 2, 0).cpu().numpy()
 
 
 class PNGStripWriter:
+    """Finished strips as ``strip_NNNNN.png`` in the work directory, each with its sha256 in the
+    state; on resume every strip of the state is verified before anything is touched."""
+
     def __init__(self, out: Path):
         self.out = Path(out)
         self.work: Path | None = None
         self.strips = 0
         self.width = 0
+        self.digests: list[str] = []
+
+    def _path(self, k: int) -> Path:
+        return self.work / f"strip_{k:05d}.png"
 
     def open(self, work: Path, state: dict | None) -> None:
         from PIL import Image  # noqa: F401  (fail early if Pillow is missing)
 
+        from longgen.run import verify_part
+
         self.work = work
         if state is None:
-            self.strips, self.width = 0, 0
+            self.strips, self.width, self.digests = 0, 0, []
             for p in work.glob("strip_*.png"):
                 p.unlink()
-        else:
-            self.strips, self.width = int(state["strips"]), int(state["width"])
-            for p in work.glob("strip_*.png"):  # drop strips written after the saved state
-                if int(p.stem.split("_")[1]) >= self.strips:
-                    p.unlink()
+            return
+        strips, width, digests = int(state["strips"]), int(state["width"]), list(state["sha256"])
+        if len(digests) != strips:
+            raise ValueError(f"resume state lists {len(digests)} strip digests for {strips} strips")
+        for k, digest in enumerate(digests):  # verify first: a refused resume changes nothing
+            verify_part(self._path(k), digest, what="finished panorama strip")
+        self.strips, self.width, self.digests = strips, width, digests
+        for p in work.glob("strip_*.png"):  # drop strips written after the saved state
+            if int(p.stem.split("_")[1]) >= self.strips:
+                p.unlink()
 
     def write(self, media: torch.Tensor) -> None:
+        import io
+
         from PIL import Image
 
+        from longgen.run import atomic_write, sha256_bytes
+
         arr = to_uint8(media)
-        path = self.work / f"strip_{self.strips:05d}.png"
-        tmp = path.with_name(path.name + ".tmp.png")
-        Image.fromarray(arr).save(tmp)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        data = buf.getvalue()
+        atomic_write(self._path(self.strips), data)
+        self.digests.append(sha256_bytes(data))
         self.strips += 1
         self.width += arr.shape[1]
 
     def state(self) -> dict:
-        return {"strips": self.strips, "width": self.width}
+        return {"strips": self.strips, "width": self.width, "sha256": list(self.digests)}
 
     def close(self, band: int = 64) -> list[Path]:
         from PIL import Image
 
-        paths = [self.work / f"strip_{k:05d}.png" for k in range(self.strips)]
+        paths = [self._path(k) for k in range(self.strips)]
         if not paths:
             raise ValueError("no strips were written")
         height = Image.open(paths[0]).size[1]
@@ -77,8 +101,12 @@ class PNGStripWriter:
                 yield np.concatenate(parts, axis=1)
 
         tmp = self.out.with_name(self.out.name + ".tmp.png")
-        write_png_stream(tmp, self.width, height, bands())
-        os.replace(tmp, self.out)
+        try:
+            write_png_stream(tmp, self.width, height, bands())
+            os.replace(tmp, self.out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return [self.out]
 
 

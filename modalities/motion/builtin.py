@@ -20,6 +20,17 @@ every frame observed, 0.05 m), where the broad 4-component prior missed by ~0.8 
 other (bandwidth 0.1-0.4: keyframe error ~1.0-1.2 m, prior skating 0.07-0.24; widening only the
 root features x5-x10 in std: ~0.8-0.9 m, skating 0.22-0.52); see benchmarks/motion_inbetween.py.
 
+Why the keyframes are missed (measured on unseen walks, keyframes every 10, 100 steps): the
+miss is the root (1.29 of 1.30 m; joints relative to the root: 0.11 m). The prior's EXACT
+posterior given those keyframes (closed form: all 263 features observed at the keyframe frames
+make the mask separable) meets them exactly but skates on 24-49% of frames (jitter 155-245
+m/s^3): an unseen walk's gait and path are not any walk here, and bending the nearest one through
+its keyframes slides the feet. ALM stays near one walk instead (skating low, keyframes missed):
+it commits to a walk the exact posterior does not favour, and even with only the favoured walk
+in the prior it closes about a quarter of the 0.8 m gap (0.59 m; w1 = 3: 0.48 m). More steps
+(300), w1 = 3, wider root features (x5, x20 in std), 512 walks, walks shifted in gait phase or
+a faster time cutoff (0.02, 0.03) left it at 0.9-2.6 m (2 walks each); most raised skating.
+
 Sharing the covariance makes the exact epsilon cheap: all components share one eigenbasis, so
 one rotation of ``x`` serves every component (:class:`longgen.priors.SharedBasisGMM`), and K = 128 costs about
 what four separate components cost.
@@ -39,9 +50,17 @@ from .features import Normalizer, joints_to_features, to_abs_root
 from .procedural import generate_motions
 
 
-def motion_features(joints: np.ndarray) -> np.ndarray:
-    """(T+1, 22, 3) joints -> (T, 263) absolute-root features."""
-    return np.asarray(to_abs_root(joints_to_features(joints)))
+def motion_features(joints: np.ndarray, *, dataset: bool = True) -> np.ndarray:
+    """(T+1, 22, 3) joints -> (T, 263) absolute-root features.
+
+    ``dataset=True``: HumanML3D's own features (what CondMDI was trained on). ``dataset=False``:
+    the same, but every heading measured from frame 0's own smoothed heading, without the
+    dataset's identity rotation on frame 0 (a jump of up to ~20 degrees between rows 0 and 1).
+    The builtin prior is fitted, and its keyframes are encoded, with ``dataset=False``: it is our
+    own prior, and that jump is an artefact it would have to learn; with it the builtin
+    in-betweening missed its keyframes by 2.28 m instead of 1.63 m (test_motion_cli, 3 seeds).
+    """
+    return np.asarray(to_abs_root(joints_to_features(joints, identity_first_frame=dataset)))
 
 
 def smooth_stationary(cov: torch.Tensor, cutoff: float, jitter: float = 1e-4) -> torch.Tensor:
@@ -67,7 +86,7 @@ def builtin_motion_prior(length: int = 196, n: int = 128, bandwidth: float = 0.0
     bends vary over about a second; 0.05 let in-betweened feet skate on ~40% of frames, 0.01 on ~2%).
     """
     joints = generate_motions(n, length + 1, seed=seed)
-    feats = np.stack([motion_features(j) for j in joints])            # (n, length, 263)
+    feats = np.stack([motion_features(j, dataset=False) for j in joints])  # (n, length, 263)
     norm = Normalizer.fit(feats)
     data = norm.normalize(torch.from_numpy(feats)).transpose(1, 2)   # (n, 263, length)
     whole = fit_separable_gmm(data, k=1, stationary_axes=(1,), seed=seed)

@@ -475,7 +475,10 @@ def _read_args(args_path: Path) -> dict:
     if not args_path.is_file():
         raise FileNotFoundError(f"CondMDI args.json not found: {args_path}")
     with open(args_path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{args_path} is not valid JSON ({e})") from None
 
 
 def unwrap_state_dict(obj: Any, use_avg: bool = True) -> dict[str, torch.Tensor]:
@@ -516,7 +519,12 @@ def load_condmdi(ckpt_path: str | Path, args_path: str | Path | None = None,
         raise FileNotFoundError(f"CondMDI checkpoint not found: {ckpt_path}")
     args_path = Path(args_path) if args_path is not None else ckpt_path.parent / "args.json"
     config = CondMDIConfig.from_args(_read_args(args_path))
-    raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    try:
+        raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for custom classes, RuntimeError for a damaged zip
+        raise ValueError(f"cannot load the checkpoint {ckpt_path} with torch.load(weights_only=True) "
+                         f"({type(e).__name__}): it must hold tensors and plain containers only (a released "
+                         "CondMDI model*.pt does); a pickle of other objects is refused, it could run code") from None
     state = unwrap_state_dict(raw, use_avg=use_avg)
     with torch.device("meta"):
         model = CondMDIUNet(config)  # shapes only: no random init of 233M parameters

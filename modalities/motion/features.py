@@ -6,10 +6,12 @@ Definitions follow HumanML3D (``motion_representation.ipynb``: ``process_file``,
 (``abs_3d``; CondMDI ``data_loaders/humanml/data/dataset.py``: ``motion_to_abs_data``,
 ``dataset/HumanML3D_abs/motion_representation.ipynb``). The code is ours.
 
-Layout of one feature row t (a clip of T frames gives T-1 rows):
+Layout of one feature row t (a clip of T frames gives T-1 rows). psi_t is the root heading of
+frame t (yaw of its forward vector, 0 along +Z, positive toward +X), wrapped to (-pi, pi], with
+psi_0 = 0; a_t = -psi_t / 2 is the half-angle of the root quaternion (cos a_t, 0, sin a_t, 0).
 
 =========  ==========================================================================
-0          root rotation velocity: a_{t+1} - a_t, where a_t = -heading_t / 2 (half-angle)
+0          arcsin(sin(a_{t+1} - a_t)): the y part of the relative root quaternion t -> t+1
 1:3        root displacement t -> t+1 (x, z), in the facing frame of t+1
 3          root height y at t
 4:67       joints 1-21 at t relative to the root's xz, rotated into the facing frame of t
@@ -21,20 +23,35 @@ Layout of one feature row t (a clip of T frames gives T-1 rows):
 Absolute-root rows (``abs_3d``) replace 0:3 with the accumulated half-angle a_t and the root's
 absolute x, z (so 1:4 = x, z, y, as in CondMDI's ``recover_root_rot_pos(..., abs_3d=True)``).
 
-Choices, stated where we depart from the letter of the released code:
+:func:`joints_to_features` reproduces HumanML3D's ``process_file`` step by step (checked to
+< 3e-5 per feature block against the released code, which works in float32;
+tests/test_motion_dataset_features.py):
 
-* Heading: forward = up x across, across = (right_hip - left_hip) + (right_shoulder -
-  left_shoulder); by default smoothed over time with a Gaussian (sigma 20 frames, mode
-  'nearest'), as HumanML3D's ``inverse_kinematics_np(smooth_forward=True)`` does for the features,
-  and the heading of frame 0 is set to +Z (HumanML3D sets ``root_quat[0]`` to identity).
-* Feature 0 is the wrapped half-angle difference. HumanML3D takes ``arcsin`` of the relative
-  quaternion's y, which equals ours while |yaw change| < pi and that quaternion has w >= 0, and
-  flips sign when the heading crosses +-180 degrees (its quaternions come from ``qbetween`` with
-  w >= 0); ours stays consistent with the recovery, so the round trip is exact.
-* Local rotations: HumanML3D's swing-only IK. Along each kinematic chain, starting from the
-  facing rotation R, a bone's world rotation S is the minimal rotation taking its raw offset to
-  its direction; the feature is R^T S (6-D) and R <- S for the next bone.
-* Bone lengths are not retargeted to the template (HumanML3D's ``uniform_skeleton`` does that).
+1. Retarget (``uniform_skeleton``): every bone keeps its direction and takes the template
+   length; the root trajectory is scaled by the ratio of template to source lower-leg length
+   (bones 5 and 8, frame 0).
+2. Canonicalise (:func:`canonicalize`): floor at the lowest joint, frame-0 root xz at the
+   origin, frame 0 turned to face +Z with across = (r_hip - l_hip) + (r_shoulder - l_shoulder).
+3. Root heading per frame (``inverse_kinematics_np(..., smooth_forward=True)``): across =
+   (j1 - j2) + (j17 - j16) -- the hip term reversed relative to step 2 --, normalised in 3-D;
+   forward = up x across, Gaussian-smoothed over time (sigma 20 frames, mode 'nearest') before
+   it is normalised; frame 0's root rotation is the identity whatever its heading, frames >= 1
+   keep their own absolute heading. So row 0 of feature 0 is half of frame 1's absolute
+   heading, not a one-frame change.
+4. Feature 0 is the arcsin of the relative quaternion's y. Where the wrapped heading jumps across
+   +-180 degrees the arcsin returns +Delta/2 instead of -Delta/2 (Delta the true heading change),
+   so cumulating feature 0 (the recovery, and CondMDI's ``abs_3d`` heading) is off by Delta in
+   half-angle, 2 Delta in heading, from there on. That is what the dataset holds;
+   ``dataset_arcsin=False`` gives the consistent difference instead, and then the round trip
+   is exact.
+5. Local rotations: swing-only IK. Along each kinematic chain, starting from the root rotation
+   R, a bone's world rotation S is the minimal rotation taking its raw offset to its direction;
+   the feature is R^T S (6-D) and R <- S for the next bone.
+
+``canonical=False, retarget_skeleton=False`` skips steps 1-2: that is CondMDI's
+``extract_features`` (``data_loaders/humanml/scripts/motion_process.py``), which its
+``motion_to_abs_data`` applies to generated joints (agrees to < 1e-6 per block).
+:func:`to_abs_root` then matches that function's absolute rows (< 2e-7).
 """
 
 from __future__ import annotations
@@ -46,7 +63,10 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
 
-from .skeleton import CONTACT_JOINTS, FACE_JOINTS, KINEMATIC_CHAIN, N_JOINTS, RAW_OFFSETS, joint_index
+from .skeleton import (
+    CONTACT_JOINTS, FACE_JOINTS, KINEMATIC_CHAIN, LEG_JOINTS, N_JOINTS, RAW_OFFSETS, TEMPLATE_BONE_LENGTHS,
+    bone_lengths, joint_index,
+)
 
 N_FEATURES = 263
 FPS = 20
@@ -116,16 +136,52 @@ def _swing(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- joints -> features
 def _facing(joints: np.ndarray) -> np.ndarray:
-    """Unit forward vectors ``(T, 3)``: up x across (motion_process.py, face_joint_indx)."""
+    """Unit forward vectors ``(T, 3)`` for turning a clip to +Z (``process_file``): up x across,
+    across = (right_hip - left_hip) + (right_shoulder - left_shoulder)."""
     r_hip, l_hip, r_sdr, l_sdr = FACE_JOINTS
     across = (joints[:, r_hip] - joints[:, l_hip]) + (joints[:, r_sdr] - joints[:, l_sdr])
     forward = np.stack([across[:, 2], np.zeros(len(across)), -across[:, 0]], axis=-1)
     return forward / np.linalg.norm(forward, axis=-1, keepdims=True)
 
 
+def _ik_forward(joints: np.ndarray, smooth_sigma: float) -> np.ndarray:
+    """Forward vectors ``(T, 3)`` of the per-frame root rotation (``inverse_kinematics_np``):
+    across = (left_hip - right_hip) + (right_shoulder - left_shoulder), unit in 3-D; forward =
+    up x across, smoothed over time, then made unit."""
+    r_hip, l_hip, r_sdr, l_sdr = FACE_JOINTS
+    across = (joints[:, l_hip] - joints[:, r_hip]) + (joints[:, r_sdr] - joints[:, l_sdr])
+    across = across / np.linalg.norm(across, axis=-1, keepdims=True)
+    forward = np.stack([across[:, 2], np.zeros(len(across)), -across[:, 0]], axis=-1)
+    if smooth_sigma > 0:
+        forward = gaussian_filter1d(forward, smooth_sigma, axis=0, mode="nearest")
+    return forward / np.linalg.norm(forward, axis=-1, keepdims=True)
+
+
 def _heading(forward: np.ndarray) -> np.ndarray:
-    """Yaw of forward vectors, 0 along +Z, positive toward +X, unwrapped over time."""
-    return np.unwrap(np.arctan2(forward[:, 0], forward[:, 2]))
+    """Yaw of forward vectors, 0 along +Z, positive toward +X, in (-pi, pi]."""
+    return np.arctan2(forward[:, 0], forward[:, 2])
+
+
+def retarget(joints, lengths=None) -> np.ndarray:
+    """HumanML3D ``uniform_skeleton``: give every bone the template length, keep its direction.
+
+    The root trajectory is scaled about the world origin by (template / source) length of the
+    lower legs (bones 5 + 8, source measured at frame 0). ``lengths (22,)`` defaults to
+    :data:`.skeleton.TEMPLATE_BONE_LENGTHS`. ``(T, 22, 3)`` -> ``(T, 22, 3)`` float64.
+    """
+    p = _check_joints(joints)
+    target = TEMPLATE_BONE_LENGTHS if lengths is None else np.asarray(lengths, dtype=np.float64)
+    if target.shape != (N_JOINTS,):
+        raise ValueError(f"lengths must have shape ({N_JOINTS},), got {target.shape}")
+    source = bone_lengths(p[0])
+    scale = target[list(LEG_JOINTS)].sum() / source[list(LEG_JOINTS)].sum()
+    out = np.empty_like(p)
+    out[:, 0] = p[:, 0] * scale
+    for chain in KINEMATIC_CHAIN:
+        for j, child in zip(chain[:-1], chain[1:]):
+            bone = p[:, child] - p[:, j]
+            out[:, child] = out[:, j] + bone / np.linalg.norm(bone, axis=-1, keepdims=True) * target[child]
+    return out
 
 
 def canonicalize(joints: np.ndarray) -> np.ndarray:
@@ -145,32 +201,50 @@ def _check_joints(joints) -> np.ndarray:
     return arr.astype(np.float64)
 
 
+def dataset_joints(joints, *, retarget_skeleton: bool = True, canonical: bool = True) -> np.ndarray:
+    """The joints HumanML3D computes its features from (and :func:`recover_from_ric` returns):
+    :func:`retarget` then :func:`canonicalize`, each optional. ``(T, 22, 3)`` float64."""
+    p = retarget(joints) if retarget_skeleton else _check_joints(joints)
+    return canonicalize(p) if canonical else p
+
+
 def joints_to_features(
     joints,
     *,
     canonical: bool = True,
+    retarget_skeleton: bool = True,
     smooth_sigma: float = 20.0,
     feet_threshold: float = FEET_THRESHOLD,
+    dataset_arcsin: bool = True,
+    identity_first_frame: bool = True,
 ):
     """``(T, 22, 3)`` joint positions (m, y up, 20 fps) -> ``(T-1, 263)`` HumanML3D features.
 
-    ``canonical`` first applies :func:`canonicalize`; ``smooth_sigma`` (frames, 0 = off) smooths
-    the heading as HumanML3D does. Returns float64, numpy for numpy input, torch for torch input.
+    With the defaults this is HumanML3D's ``process_file(joints, 0.002)`` (module docstring).
+    ``retarget_skeleton`` applies :func:`retarget`, ``canonical`` :func:`canonicalize`;
+    ``smooth_sigma`` (frames, 0 = off) smooths the root heading; ``dataset_arcsin=False``
+    replaces feature 0's arcsin by the heading change that the recovery inverts exactly, also
+    across +-180 degrees. ``identity_first_frame=False`` measures every heading from frame 0's
+    own smoothed heading instead of giving frame 0 the identity (the dataset's step 3), which
+    removes the jump of up to ~20 degrees between rows 0 and 1 (not what the dataset holds).
+    Returns float64, numpy for numpy input, torch for torch input.
     """
     is_torch = isinstance(joints, torch.Tensor)
-    p = canonicalize(joints) if canonical else _check_joints(joints)
+    p = dataset_joints(joints, retarget_skeleton=retarget_skeleton, canonical=canonical)
     T = p.shape[0]
 
-    forward = _facing(p)
-    if smooth_sigma > 0:
-        forward = gaussian_filter1d(forward, smooth_sigma, axis=0, mode="nearest")
-        forward /= np.linalg.norm(forward, axis=-1, keepdims=True)
-    psi = _heading(forward)
-    psi = psi - psi[0]  # HumanML3D: root_quat[0] = identity
+    psi = _heading(_ik_forward(p, smooth_sigma))
+    if identity_first_frame:
+        psi[0] = 0.0  # HumanML3D: root_quat[0] = identity
+    else:
+        psi = np.arctan2(np.sin(psi - psi[0]), np.cos(psi - psi[0]))
     to_facing = -psi  # (T,) angle of the world -> facing rotation R_y(-psi)
 
-    # 0: half-angle rotation velocity; recovery uses q_t = (cos a_t, 0, sin a_t, 0), a_t = -psi_t/2
-    r_vel = -(psi[1:] - psi[:-1]) / 2.0  # (T-1,)
+    # 0: relative root rotation; recovery uses q_t = (cos a_t, 0, sin a_t, 0), a_t = -psi_t/2
+    if dataset_arcsin:
+        r_vel = np.arcsin(np.sin(-(psi[1:] - psi[:-1]) / 2.0))  # (T-1,)
+    else:
+        r_vel = -np.diff(np.unwrap(psi)) / 2.0
     # 1:3: root displacement rotated into the facing frame of t+1
     root_disp = _rot_y_np(p[1:, 0] - p[:-1, 0], to_facing[1:])  # (T-1, 3)
     root_y = p[:-1, 0, 1]  # (T-1,)
@@ -180,7 +254,7 @@ def joints_to_features(
     rel[..., [0, 2]] -= p[:, :1, [0, 2]]
     ric = _rot_y_np(rel, np.repeat(to_facing[:, None], N_JOINTS, axis=1))[:, 1:]  # (T, 21, 3)
 
-    # 67:193: swing IK along each chain, starting from the facing rotation
+    # 67:193: swing IK along each chain, starting from the root rotation
     c, s = np.cos(to_facing), np.sin(to_facing)
     facing_mat = np.zeros((T, 3, 3))
     facing_mat[:, 0, 0], facing_mat[:, 0, 2], facing_mat[:, 1, 1] = c, s, 1.0

@@ -7,7 +7,8 @@ prediction, w1 = 1, w2 = 0.005, the observed frames re-noised with q_sample at e
 (``--given-path noise``), CLIP text with classifier-free guidance (``guidance_param`` of
 args.json, 2.5 as released). Features are CondMDI's abs_3d HumanML3D features, normalised with
 ``Mean_abs_3d.npy`` / ``Std_abs_3d.npy`` (beside the checkpoint, or ``--mean-std DIR``).
-Motions longer than the window (196 frames) are sampled as overlapping windows along time.
+Motions longer than the window (196 frames) are sampled as overlapping windows along time, each
+re-centred on its own first frame (:mod:`.recentre`) as the clips the model was trained on are.
 
 Keyframes, the reference clip and the outputs are those of the builtin path (:mod:`.keyframes`,
 :mod:`.plugin`, :mod:`.export`); only the denoiser, its schedule and its normaliser differ.
@@ -76,7 +77,7 @@ def text_condition(config, prompt: str, clip: str | None, device) -> tuple[torch
 
 def condmdi_job(args) -> Job:
     """The Job of a ``longgen motion`` run with a CondMDI U-Net checkpoint."""
-    from .plugin import MODEL_FRAMES, NPYWriter, export_options, joints_decoder
+    from .plugin import MODEL_FRAMES, NPYWriter, export_options, joints_decoder, window_transform
 
     dtype = model_dtype(args.dtype)
     ckpt = find_checkpoint(args.model)
@@ -102,7 +103,7 @@ def condmdi_job(args) -> Job:
     plan = plan_windows(setup.length, window, args.stride_frames or window // 2)
     engine = Engine(CondMDIDenoiser(model, config), sch, plan, (N_FEATURES, window), -1, cfg,
                     cond=cond, uncond=uncond, given=given_of(setup, norm), dtype=torch.float32,
-                    device=args.device)
+                    device=args.device, window_transform=window_transform(args, norm))
     info = {"frames": setup.length, "keyframes": len(setup.frames), "guidance": guidance,
             "checkpoint": str(ckpt)}
     writer = NPYWriter(args.out, setup.reference, setup.frames, info, exports)

@@ -154,9 +154,12 @@ class KeyframeSetup:
         return self.features.shape[0]
 
 
-def reference_motion(path, frames: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def reference_motion(path, frames: int | None, seed: int, *,
+                     dataset_features: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(reference joints (L, 22, 3), absolute-root features (L, 263)) from ``path``, or, when
-    ``path`` is None, from a procedural walk of ``frames`` frames (so a run has ground truth)."""
+    ``path`` is None, from a procedural walk of ``frames`` frames (so a run has ground truth).
+    ``dataset_features``: joints are encoded as HumanML3D does (real checkpoints) or as the
+    builtin prior was fitted (False; see :func:`.builtin.motion_features`)."""
     from .builtin import motion_features
     from .features import recover_from_ric_abs, to_abs_root
     from .procedural import generate_motions
@@ -165,19 +168,22 @@ def reference_motion(path, frames: int | None, seed: int) -> tuple[np.ndarray, n
         if frames is None or frames < 1:
             raise ValueError(f"--frames must be a positive integer, got {frames}")
         joints = generate_motions(1, frames + 1, seed=seed + 1)[0]
-        feats = motion_features(joints)
+        feats = motion_features(joints, dataset=dataset_features)
     else:
         m = load_motion(path)
         if m.kind == "joints" and m.data.shape[0] < 2:
             raise ValueError(f"{path}: a motion needs at least 2 frames of joints, got {m.data.shape[0]}")
-        feats = motion_features(m.data) if m.kind == "joints" else np.asarray(to_abs_root(m.data))
+        feats = (motion_features(m.data, dataset=dataset_features) if m.kind == "joints"
+                 else np.asarray(to_abs_root(m.data)))
     ref = recover_from_ric_abs(torch.from_numpy(feats)).numpy()
     return ref, feats
 
 
-def keyframe_setup(args, default_frames: int, window: int) -> KeyframeSetup:
+def keyframe_setup(args, default_frames: int, window: int, *,
+                   dataset_features: bool = True) -> KeyframeSetup:
     """The keyframes a ``longgen motion`` run observes (``--input --frames --keyframes --joints``)."""
-    reference, feats = reference_motion(args.input, args.frames or default_frames, args.seed)
+    reference, feats = reference_motion(args.input, args.frames or default_frames, args.seed,
+                                        dataset_features=dataset_features)
     length = feats.shape[0]
     if args.input is not None and args.frames is not None and args.frames != length:
         raise ValueError(f"--frames {args.frames} differs from the input's {length} frames")

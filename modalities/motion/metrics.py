@@ -73,29 +73,35 @@ def _batched(pred, gt) -> tuple[np.ndarray, np.ndarray]:
 
 def trajectory_errors(pred_joints, gt_joints, keyframes: Sequence) -> dict[str, float]:
     """Root xz error at keyframes (``compute_kps_error_arbitrary(traj_only=True)`` and
-    ``calculate_trajectory_error(strict=True)``).
+    ``calculate_trajectory_error(strict=True)``), with CondMDI's padding of uneven lists.
 
     ``keyframes``: one list of frame indices, or one list per sample. Returns
-    ``mean_error`` (m; mean over samples of each sample's mean keyframe error),
-    ``fail_0.2`` / ``fail_0.5`` (fraction of samples with any keyframe error above the threshold)
-    and ``kps_fail_0.2`` / ``kps_fail_0.5`` (fraction of all keyframes above it). CondMDI pads
-    ragged keyframe lists with zero errors, which enter its kps denominator; we count real
-    keyframes only (the same number when every sample has the same count).
+    ``mean_error`` (m; mean over samples of each sample's mean keyframe error, real keyframes
+    only), ``fail_0.2`` / ``fail_0.5`` (fraction of samples with an error above the threshold)
+    and ``kps_fail_0.2`` / ``kps_fail_0.5`` (fraction of errors above it).
+
+    Uneven per-sample lists: CondMDI pads every list to the longest with index -1, so a sample
+    with fewer keyframes gets extra entries holding the error of its LAST frame (T-1), keyframe
+    or not; the fail and kps-fail rates count those entries (denominator: samples x longest
+    list), the mean error does not. We do the same. With lists of one length nothing is padded.
     """
     p, g = _batched(pred_joints, gt_joints)
     ks = _per_sample_keyframes(keyframes, p.shape[0], p.shape[1])
-    errs = [np.linalg.norm(p[i, k, 0][:, [0, 2]] - g[i, k, 0][:, [0, 2]], axis=-1) for i, k in enumerate(ks)]
-    flat = np.concatenate(errs)
-    out = {"mean_error": float(np.mean([e.mean() for e in errs]))}
+    width = max(len(k) for k in ks)
+    padded = [np.concatenate([k, np.full(width - len(k), p.shape[1] - 1, dtype=int)]) for k in ks]
+    dist = np.stack([np.linalg.norm(p[i, k, 0][:, [0, 2]] - g[i, k, 0][:, [0, 2]], axis=-1)
+                     for i, k in enumerate(padded)])  # (B, width)
+    out = {"mean_error": float(np.mean([dist[i, :len(k)].mean() for i, k in enumerate(ks)]))}
     for tau in (0.2, 0.5):
-        out[f"fail_{tau}"] = float(1.0 - np.mean([(e <= tau).all() for e in errs]))
-        out[f"kps_fail_{tau}"] = float((flat > tau).mean())
+        out[f"fail_{tau}"] = float(1.0 - (dist <= tau).all(axis=1).mean())
+        out[f"kps_fail_{tau}"] = float((dist > tau).mean())
     return out
 
 
 def keyframe_error(pred_joints, gt_joints, keyframes: Sequence) -> float:
     """Mean 3-D joint distance at keyframes (``compute_kps_error_arbitrary(traj_only=False)`` then
-    ``calculate_keyframe_error``): mean over joints, then keyframes, then samples; metres."""
+    ``calculate_keyframe_error``): mean over joints, then keyframes, then samples; metres.
+    Real keyframes only: CondMDI's last-frame padding of uneven lists does not enter this mean."""
     p, g = _batched(pred_joints, gt_joints)
     ks = _per_sample_keyframes(keyframes, p.shape[0], p.shape[1])
     return float(np.mean([np.linalg.norm(p[i, k] - g[i, k], axis=-1).mean() for i, k in enumerate(ks)]))

@@ -3,8 +3,8 @@
 Numbers follow HumanML3D's ``paramUtil.py`` (``t2m_raw_offsets``, ``t2m_kinematic_chain``) and
 ``motion_process.py`` (``fid_l``, ``fid_r``, ``face_joint_indx``); the same file ships in GMD and
 CondMDI as ``data_loaders/humanml/utils/paramUtil.py``. Template bone lengths are those of the
-template clip 000021, frame 0, that HumanML3D retargets every clip to
-(/work/shared/facts/motion.md). The joints are SMPL joints 0-21.
+template clip 000021, frame 0, that HumanML3D retargets every clip to, as measured on the
+repository's retargeted sample clip 012314. The joints are SMPL joints 0-21.
 
 Conventions: metres, y up, a body at rest faces +Z, its left side is +X.
 """
@@ -42,10 +42,14 @@ RAW_OFFSETS = np.array(
     dtype=np.float64,
 )  # (22, 3)
 
-# |joint - parent| of template clip 000021, frame 0, metres; entry 0 (the root) is 0.
+# |joint - parent| of template clip 000021, frame 0, metres; entry 0 (the root) is 0. HumanML3D
+# retargets every clip to these (``uniform_skeleton``), so they are also the bone lengths of its
+# released sample ``new_joints/012314.npy``: the values are that clip's per-bone means, which vary
+# by < 2e-6 over its 170 frames (float32). (facts/motion.md's 4-decimal list is off by up to 2.3e-4.)
 TEMPLATE_BONE_LENGTHS = np.array(
-    [0.0, 0.1031, 0.1099, 0.1316, 0.3936, 0.3901, 0.1432, 0.4322, 0.4257, 0.0574, 0.1434,
-     0.1495, 0.2193, 0.1375, 0.1434, 0.1031, 0.1316, 0.1230, 0.2569, 0.2631, 0.2660, 0.2697],
+    [0.0, 0.103074, 0.109883, 0.131568, 0.393623, 0.390188, 0.143190, 0.432433, 0.425643,
+     0.057365, 0.143382, 0.149419, 0.219360, 0.137487, 0.143383, 0.103039, 0.131614, 0.122984,
+     0.256840, 0.263092, 0.266012, 0.269876],
     dtype=np.float64,
 )  # (22,)
 
@@ -54,8 +58,13 @@ FID_L: tuple[int, int] = (7, 10)
 FID_R: tuple[int, int] = (8, 11)
 # The four joints whose contacts are features 259:263, in that order.
 CONTACT_JOINTS: tuple[int, ...] = FID_L + FID_R
-# Facing joints: right hip, left hip, right shoulder, left shoulder.
+# Facing joints: right hip, left hip, right shoulder, left shoulder (``face_joint_indx``). HumanML3D
+# reads them in this order when it turns a clip to face +Z, but its per-frame root rotation
+# (``Skeleton.inverse_kinematics_np``) unpacks the same list as left hip, right hip, ... : there
+# across = (j1 - j2) + (j17 - j16), the hip term reversed. See ``features._ik_forward``.
 FACE_JOINTS: tuple[int, int, int, int] = (2, 1, 17, 16)
+# Lower-leg bones whose summed length sets the root's scale when retargeting (``l_idx1, l_idx2``).
+LEG_JOINTS: tuple[int, int] = (5, 8)
 
 
 def joint_index(name_or_index: str | int) -> int:

@@ -98,11 +98,9 @@ def check_model_options(args) -> None:
             raise ValueError(f"{', '.join(given)} apply to a real video checkpoint, not to --model builtin")
 
 
-def video_job(args) -> Job:
-    """Build the job for ``longgen video --model CKPT ...`` (see the module docstring)."""
-    vm = load_video_model(args.model, kind=getattr(args, "kind", "auto"), dtype=args.dtype, device=args.device,
-                          motion_adapter=_opt_str(args, "motion_adapter"), sd_path=_opt_str(args, "sd_path"),
-                          ckpt=_opt_str(args, "ckpt"))
+def video_parts(vm, args) -> tuple:
+    """(engine, decoder, window, stride, height, width) of ``longgen video`` for a loaded
+    :class:`VideoModel` (the CLI job and :func:`longgen.modalities.video.video` share it)."""
     native = native_frames(vm)
     window = args.window_frames or native
     stride = args.stride_frames or window // 2
@@ -121,6 +119,15 @@ def video_job(args) -> Job:
     engine = Engine(vm.denoiser, vm.scheduler, plan, shape, -3, cfg, cond=cond, uncond=uncond,
                     given=given, dtype=torch.float32, device=vm.device)
     decoder = StreamingDecoder(frame_decoder(vm), axis=-3, halo=0, scale=1)
+    return engine, decoder, window, stride, H, W
+
+
+def video_job(args) -> Job:
+    """Build the job for ``longgen video --model CKPT ...`` (see the module docstring)."""
+    vm = load_video_model(args.model, kind=getattr(args, "kind", "auto"), dtype=args.dtype, device=args.device,
+                          motion_adapter=_opt_str(args, "motion_adapter"), sd_path=_opt_str(args, "sd_path"),
+                          ckpt=_opt_str(args, "ckpt"))
+    engine, decoder, window, stride, H, W = video_parts(vm, args)
     return Job(engine, decoder, MP4Writer(args.out, args.fps), request_of(args), Path(args.out),
                info={"frames": args.frames, "height": H, "width": W, "kind": vm.kind,
                      "window": window, "stride": stride, "fps": args.fps})
@@ -131,4 +138,4 @@ def _opt_str(args, name: str) -> str | None:
     return None if v is None else str(v)
 
 
-__all__ = ["video_job", "native_frames", "frame_size", "init_given", "frame_decoder", "DEFAULT_GUIDANCE"]
+__all__ = ["video_job", "video_parts", "native_frames", "frame_size", "init_given", "frame_decoder", "DEFAULT_GUIDANCE"]

@@ -191,7 +191,10 @@ def resolve_dtype(dtype: str, device: str | torch.device) -> tuple[torch.dtype, 
 
 def _read_json(path: str) -> dict:
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); the checkpoint is damaged or incomplete") from None
 
 
 def _unet_config(root: str, local_files_only: bool) -> tuple[dict, str | None]:

@@ -10,19 +10,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from longgen.builtin import LatentRGB, video_prior
+import numpy as np
+
 from longgen.cli import request_of
-from longgen.engine import Engine, Given
-from longgen.planner import plan_windows
-from longgen.priors import PriorDenoiser
 from longgen.run import Job
-from longgen.stitch import StreamingDecoder
 
 from ..image.plugin import VAE_SCALE, builtin_scheduler, check_builtin_dtype, check_pixels, engine_config, scene_class
 from .writers import MP4Writer, read_video
+
+if TYPE_CHECKING:  # torch is imported inside the functions: `longgen --help` does not load it
+    import torch
 
 
 def check_frames(args, window: int) -> None:
@@ -34,6 +33,7 @@ def check_frames(args, window: int) -> None:
 
 def clip_to_tensor(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
     """(F, h, w, 3) uint8 -> (3, F, height, width) in [-1, 1]: resize the short side, centre-crop."""
+    import torch
     import torch.nn.functional as F
 
     x = torch.from_numpy(frames).float().permute(0, 3, 1, 2) / 127.5 - 1  # (F, 3, h, w)
@@ -73,11 +73,19 @@ class Video:
     def build_job(self, args) -> Job:
         if not (isinstance(args.fps, (int, float)) and args.fps > 0):
             raise ValueError(f"--fps must be a positive number, got {args.fps!r}")
-        from .jobs import check_model_options, video_job
+        from .jobs import check_model_options, video_job  # torch and the models: only when a command runs
 
         if args.model != "builtin":
             return video_job(args)
         check_model_options(args)
+        import torch
+
+        from longgen.builtin import LatentRGB, video_prior
+        from longgen.engine import Engine, Given
+        from longgen.planner import plan_windows
+        from longgen.priors import PriorDenoiser
+        from longgen.stitch import StreamingDecoder
+
         dtype = check_builtin_dtype(args)
         window = args.window_frames or 16
         stride = args.stride_frames or window // 2

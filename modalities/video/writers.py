@@ -13,21 +13,27 @@ function of the frames alone: x264's macroblock-tree rate control is off (``mbtr
 with it, encoding the same frames twice in one process gave different first GOPs in 10 of 12
 tries (x264 via PyAV 18, GOP 8; without it 12 of 12 were identical, at 16, 64 and 128 px);
 frames carry explicit time stamps, and the muxer writes none of its own (``fflags=+bitexact``).
+The state holds each frame file's sha256; ``--resume`` refuses a frame file that changed (the
+partial mp4 itself is rebuilt from the frame files, so a damaged partial mp4 is simply redone).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: `longgen --help` does not load it
+    import torch
 
 GOP = 8  # a keyframe (and so a fragment) every 8 frames
 
 
 def frames_to_uint8(media: torch.Tensor) -> np.ndarray:
     """(3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8."""
+    import torch
+
     x = ((media.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(1, 2, 3, 0).cpu().numpy()
 
@@ -40,6 +46,7 @@ class MP4Writer:
         self.container = None
         self.stream = None
         self.parts = 0
+        self.digests: list[str] = []
         self.frames = 0
         self.encoded = 0  # frames given to the encoder of the current file (their pts)
 
@@ -77,32 +84,48 @@ class MP4Writer:
                 self.container.mux(packet)
 
     # ------------------------------------------------------------------ Writer protocol
+    def _part(self, k: int) -> Path:
+        return self.work / f"frames_{k:05d}.npy"
+
     def open(self, work: Path, state: dict | None) -> None:
+        from longgen.run import verify_part
+
         self.work = work
-        self.parts = int(state["parts"]) if state else 0
+        parts = int(state["parts"]) if state else 0
+        digests = list(state["sha256"]) if state else []
+        if len(digests) != parts:
+            raise ValueError(f"resume state lists {len(digests)} frame-part digests for {parts} parts")
+        for k, digest in enumerate(digests):  # verify first: a refused resume changes nothing
+            verify_part(self._part(k), digest, what="finished frames of the video")
+        self.parts, self.digests = parts, digests
         for p in work.glob("frames_*.npy"):
             if int(p.stem.split("_")[1]) >= self.parts:
                 p.unlink()
         self.frames = 0
-        if self.out.exists():
+        if self.out.exists():  # the partial mp4 is re-derived from the verified frames
             self.out.unlink()
         for k in range(self.parts):  # re-encode what the saved state had written
-            frames = np.load(work / f"frames_{k:05d}.npy")
+            frames = np.load(self._part(k))
             self._encode(frames)
             self.frames += len(frames)
 
     def write(self, media: torch.Tensor) -> None:
+        import io
+
+        from longgen.run import atomic_write, sha256_bytes
+
         frames = frames_to_uint8(media)
-        path = self.work / f"frames_{self.parts:05d}.npy"
-        tmp = path.with_name(path.name + ".tmp.npy")
-        np.save(tmp, frames)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.save(buf, frames)
+        data = buf.getvalue()
+        atomic_write(self._part(self.parts), data)
+        self.digests.append(sha256_bytes(data))
         self.parts += 1
         self._encode(frames)
         self.frames += len(frames)
 
     def state(self) -> dict:
-        return {"parts": self.parts, "frames": self.frames}
+        return {"parts": self.parts, "frames": self.frames, "sha256": list(self.digests)}
 
     def close(self) -> list[Path]:
         if self.container is None:
