@@ -342,14 +342,15 @@ def test_probe_write_turns_a_full_or_read_only_folder_into_one_error(tmp_path, m
 # ----------------------------------------------------------------------------- Ctrl-C and the lock (subprocess)
 
 SLOW = ["panorama", "--width", 2048, "--height", 64, "--steps", 4, "--group", 1]
-# the CLI in a subprocess whose engine pauses 0.5 s after each finished window, so that the
-# second run and the SIGINT surely land while it is still running
+# the CLI in a subprocess whose engine waits (up to 120 s) after its first finished window, so
+# that the second run and the SIGINT surely land while it is still running, however fast the
+# machine (a fixed short pause let a quick run finish before the signal came)
 SLOW_CLI = ("import sys, time, longgen.cli, longgen.engine as e\n"
             "real = e.Engine.__iter__\n"
             "def slow(self):\n"
-            "    for chunk in real(self):\n"
+            "    for k, chunk in enumerate(real(self)):\n"
             "        yield chunk\n"
-            "        time.sleep(0.5)\n"
+            "        time.sleep(120 if k == 0 else 0)\n"
             "e.Engine.__iter__ = slow\n"
             "sys.exit(longgen.cli.main(sys.argv[1:]))\n")
 
