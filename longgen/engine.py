@@ -120,6 +120,13 @@ class WindowTransform:
     def from_window(self, x: torch.Tensor, params: torch.Tensor, signal: float = 1.0) -> torch.Tensor:
         raise NotImplementedError
 
+    # Optional: ``realign(prev_x0, prev_params, d, n, x0, known) -> params``. Called before a
+    # group's first window is fitted, with the previous (finished) window ``prev_x0`` in its own
+    # coordinates and the new window's given content (output coordinates, ``known`` = 1 where
+    # given); returns new parameters for the previous window, so that the overlap it hands on
+    # (its positions [d, d + n), the new window's [0, n)) agrees with the given content there.
+    # The canvas keeps the previous window as it was finished.
+
 
 @dataclass
 class Chunk:
@@ -313,6 +320,9 @@ class Engine:
                 ctx_x, ctx_k = given_x0[b].clone(), given_known[b].clone()
                 if b == 0 and k0 > 0 and w.new_from > 0:
                     d = w.start - self.plan.windows[k0 - 1].start
+                    if hasattr(self.wt, "realign"):  # move the finished neighbour onto the given content
+                        self.prev_params = self.wt.realign(self.prev_final, self.prev_params, d,
+                                                           w.new_from, ctx_x, ctx_k)
                     prev_g = self._slice(self.wt.from_window(self.prev_final, self.prev_params),
                                          d, d + w.new_from)
                     ov = _sl(ax, 0, w.new_from, len(self.shape))

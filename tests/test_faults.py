@@ -343,9 +343,11 @@ def test_probe_write_turns_a_full_or_read_only_folder_into_one_error(tmp_path, m
 
 SLOW = ["panorama", "--width", 2048, "--height", 64, "--steps", 4, "--group", 1]
 # the CLI in a subprocess whose engine waits (up to 120 s) after its first finished window, so
-# that the second run and the SIGINT surely land while it is still running, however fast the
-# machine (a fixed short pause let a quick run finish before the signal came)
-SLOW_CLI = ("import sys, time, longgen.cli, longgen.engine as e\n"
+# that the second run and the SIGINT surely land while it is still running. SIGINT gets Python's
+# own handler first, as under a terminal: a job started in the background by a non-interactive
+# shell (as CI may run us) inherits SIGINT ignored, and Python then leaves it ignored.
+SLOW_CLI = ("import signal, sys, time, longgen.cli, longgen.engine as e\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "real = e.Engine.__iter__\n"
             "def slow(self):\n"
             "    for k, chunk in enumerate(real(self)):\n"

@@ -7,8 +7,9 @@ when the motion is longer than the model's 196 frames.
 observed frames re-noised with q_sample every step). Without ``--input`` the keyframes are taken
 from a procedural walk, so the run has a reference to measure against. Any other ``--model`` is
 a CondMDI checkpoint (:func:`.jobs.condmdi_job`). On both paths every window is re-centred on its
-own first frame (origin, heading +Z) while it is sampled (:mod:`.recentre`; ``--no-recentre``
-keeps absolute coordinates). Keyframe parsing and the reference clip live in
+own first frame (origin, heading +Z) while it is sampled, and handed the previous window's
+overlap moved rigidly onto its keyframes (:mod:`.recentre`; ``--no-recentre`` keeps absolute
+coordinates). Keyframe parsing and the reference clip live in
 :mod:`.keyframes` (shared by both paths); ``--render/--bvh/--mesh/--smpl-dir`` are written by
 :mod:`.export` after the ``.npy`` is complete.
 """
@@ -176,7 +177,8 @@ class Motion:
         p.add_argument("--stride-frames", type=int, default=None, help="default: half the window")
         p.add_argument("--no-recentre", dest="recentre", action="store_false",
                        help="keep every window in the motion's absolute coordinates (default: each window is "
-                            "re-centred on its own first frame, origin and heading, while it is sampled)")
+                            "re-centred on its own first frame, origin and heading, while it is sampled, and the "
+                            "overlap it is handed is moved rigidly onto its keyframes)")
         p.add_argument("--prompt", default="", help="text for a CondMDI checkpoint ('' = unconditional, no CLIP loaded)")
         p.add_argument("--clip", default=None, help="CLIP text encoder: directory or hub id (default: openai/clip-vit-base-patch32)")
         p.add_argument("--mean-std", type=Path, default=None,
