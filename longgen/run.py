@@ -116,6 +116,23 @@ def verify_part(path: Path, digest: str, *, offset: int = 0, size: int | None = 
                       "the resume state) and cannot be re-derived")
 
 
+def resume_parts(work: Path, prefix: str, suffix: str, digests: list[str], what: str) -> None:
+    """Numbered parts ``work/{prefix}_NNNNN{suffix}`` of a writer: verify the first
+    ``len(digests)`` against their sha256 (before anything is touched, so a refused resume
+    changes nothing), then remove the parts written after the saved state."""
+    for k, digest in enumerate(digests):
+        verify_part(work / f"{prefix}_{k:05d}{suffix}", digest, what=what)
+    for p in work.glob(f"{prefix}_*{suffix}"):
+        if int(p.name[len(prefix) + 1:len(p.name) - len(suffix)]) >= len(digests):
+            p.unlink()
+
+
+def write_part(path: Path, data: bytes) -> str:
+    """Write a finished part atomically; its sha256, for the resume state."""
+    atomic_write(path, data)
+    return sha256_bytes(data)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``; on any failure the
     temporary file is removed and ``path`` keeps its old content."""

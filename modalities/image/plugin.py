@@ -254,27 +254,22 @@ class InpaintWriter:
     def open(self, work, state):
         """Finished parts are kept as ``part_NNNNN.pt`` in the work directory (the image is only
         written at the end), so a resumed run has them all; each is verified against its sha256."""
-        from longgen.run import verify_part
+        from longgen.run import resume_parts
 
         self.work = Path(work)
         self.digests = list(state["sha256"]) if state else []
-        for k, digest in enumerate(self.digests):
-            verify_part(self._part(k), digest, what="finished part of the inpainting")
+        resume_parts(self.work, "part", ".pt", self.digests, "finished part of the inpainting")
         self.parts = [torch.load(self._part(k), weights_only=True) for k in range(len(self.digests))]
-        for p in self.work.glob("part_*.pt"):
-            if int(p.stem.split("_")[1]) >= len(self.digests):
-                p.unlink()
 
     def write(self, media):
         import io
 
-        from longgen.run import atomic_write, sha256_bytes
+        from longgen.run import write_part
 
         media = media.detach().cpu()
         buf = io.BytesIO()
         torch.save(media.contiguous(), buf)
-        atomic_write(self._part(len(self.parts)), buf.getvalue())
-        self.digests.append(sha256_bytes(buf.getvalue()))
+        self.digests.append(write_part(self._part(len(self.parts)), buf.getvalue()))
         self.parts.append(media)
 
     def state(self):

@@ -46,37 +46,29 @@ class PNGStripWriter:
     def open(self, work: Path, state: dict | None) -> None:
         from PIL import Image  # noqa: F401  (fail early if Pillow is missing)
 
-        from longgen.run import verify_part
+        from longgen.run import resume_parts
 
         self.work = work
         if state is None:
-            self.strips, self.width, self.digests = 0, 0, []
-            for p in work.glob("strip_*.png"):
-                p.unlink()
-            return
-        strips, width, digests = int(state["strips"]), int(state["width"]), list(state["sha256"])
+            strips, width, digests = 0, 0, []
+        else:
+            strips, width, digests = int(state["strips"]), int(state["width"]), list(state["sha256"])
         if len(digests) != strips:
             raise ValueError(f"resume state lists {len(digests)} strip digests for {strips} strips")
-        for k, digest in enumerate(digests):  # verify first: a refused resume changes nothing
-            verify_part(self._path(k), digest, what="finished panorama strip")
+        resume_parts(work, "strip", ".png", digests, "finished panorama strip")
         self.strips, self.width, self.digests = strips, width, digests
-        for p in work.glob("strip_*.png"):  # drop strips written after the saved state
-            if int(p.stem.split("_")[1]) >= self.strips:
-                p.unlink()
 
     def write(self, media: torch.Tensor) -> None:
         import io
 
         from PIL import Image
 
-        from longgen.run import atomic_write, sha256_bytes
+        from longgen.run import write_part
 
         arr = to_uint8(media)
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="PNG")
-        data = buf.getvalue()
-        atomic_write(self._path(self.strips), data)
-        self.digests.append(sha256_bytes(data))
+        self.digests.append(write_part(self._path(self.strips), buf.getvalue()))
         self.strips += 1
         self.width += arr.shape[1]
 

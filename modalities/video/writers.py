@@ -88,19 +88,15 @@ class MP4Writer:
         return self.work / f"frames_{k:05d}.npy"
 
     def open(self, work: Path, state: dict | None) -> None:
-        from longgen.run import verify_part
+        from longgen.run import resume_parts
 
         self.work = work
         parts = int(state["parts"]) if state else 0
         digests = list(state["sha256"]) if state else []
         if len(digests) != parts:
             raise ValueError(f"resume state lists {len(digests)} frame-part digests for {parts} parts")
-        for k, digest in enumerate(digests):  # verify first: a refused resume changes nothing
-            verify_part(self._part(k), digest, what="finished frames of the video")
+        resume_parts(work, "frames", ".npy", digests, "finished frames of the video")
         self.parts, self.digests = parts, digests
-        for p in work.glob("frames_*.npy"):
-            if int(p.stem.split("_")[1]) >= self.parts:
-                p.unlink()
         self.frames = 0
         if self.out.exists():  # the partial mp4 is re-derived from the verified frames
             self.out.unlink()
@@ -112,14 +108,12 @@ class MP4Writer:
     def write(self, media: torch.Tensor) -> None:
         import io
 
-        from longgen.run import atomic_write, sha256_bytes
+        from longgen.run import write_part
 
         frames = frames_to_uint8(media)
         buf = io.BytesIO()
         np.save(buf, frames)
-        data = buf.getvalue()
-        atomic_write(self._part(self.parts), data)
-        self.digests.append(sha256_bytes(data))
+        self.digests.append(write_part(self._part(self.parts), buf.getvalue()))
         self.parts += 1
         self._encode(frames)
         self.frames += len(frames)
