@@ -10,7 +10,7 @@ import torch
 from .denoiser import Evaluator, check_prediction_type
 from .observed import NoiseSource, SequenceSource, ddim_invert
 from .samplers import METHODS, run
-from .schedule import make_schedule
+from .schedule import make_schedule, scheduler_prediction_type
 
 OBSERVED_PATHS = ("invert", "noise")
 
@@ -63,7 +63,7 @@ def sample(denoiser, scheduler, observed: torch.Tensor, mask: torch.Tensor, *, m
         raise ValueError("observed must be a tensor with a batch dimension, (B, *shape)")
     mask = check_mask(mask, observed.shape).to(device=observed.device, dtype=observed.dtype)
     pt = check_prediction_type(getattr(denoiser, "prediction_type", None))
-    sched_pt = getattr(scheduler.config, "prediction_type", pt)
+    sched_pt = scheduler_prediction_type(scheduler, pt)
     if sched_pt != pt:
         raise ValueError(f"the denoiser predicts {pt!r} but the scheduler config says {sched_pt!r}; "
                          "they must agree")
@@ -97,6 +97,7 @@ def sample(denoiser, scheduler, observed: torch.Tensor, mask: torch.Tensor, *, m
             raise ValueError(f"latents of shape {tuple(latents.shape)} must match observed's "
                              f"{tuple(observed.shape)}")
         y = latents.to(observed.dtype)
+    y = schedule.initial_state(y)
     for i, y in run(ev, schedule, y, mask, source, method, w1, w2, generator):
         if callback is not None:
             callback(i, schedule.timesteps[i], y)

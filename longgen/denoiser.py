@@ -3,12 +3,14 @@
 A denoiser is a callable ``(x, t, cond) -> model output`` with a ``prediction_type``:
 
 * ``x``: the noisy batch, ``(B, *shape)``;
-* ``t``: the training timesteps, a ``(B,)`` long tensor (diffusers UNets take this as is);
+* ``t``: the step's time input, ``(B,)``: the training timesteps as a long tensor for VP
+  models (diffusers UNets take this as is), the flow level sigma in [0, 1] as a float64 tensor
+  for flow-matching models (see :class:`FlowDenoiser`);
 * ``cond``: whatever the model takes as its condition, batched along dim 0 (a tensor, a dict or
   tuple of tensors, or ``None``). Conditions are concatenated with :func:`cat_cond`.
 
 The samplers never look at the raw output: they call :func:`to_eps` / :func:`to_x0`, so epsilon,
-sample (x0) and v-prediction models all drive the same step. Classifier-free guidance and the
+sample (x0), v-prediction and flow (velocity) models all drive the same step. Classifier-free guidance and the
 extra condition-only evaluations that ALM needs are gathered by :class:`Evaluator` into one
 batched forward per step (k-diffusion's ``CFGDenoiser`` idea, extended to several inputs).
 """
@@ -20,7 +22,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
 
 
 @runtime_checkable
@@ -57,6 +59,8 @@ def to_eps(output: torch.Tensor, x: torch.Tensor, abar: torch.Tensor | float, pr
         return (x - a.sqrt() * output) / (1 - a).sqrt()
     if prediction_type == "v_prediction":
         return a.sqrt() * output + (1 - a).sqrt() * x
+    if prediction_type == "flow":   # velocity eps - x0, state in the VP view (FlowDenoiser)
+        return (x + a.sqrt() * output) / (a.sqrt() + (1 - a).sqrt())
     check_prediction_type(prediction_type)
 
 
@@ -69,6 +73,8 @@ def to_x0(output: torch.Tensor, x: torch.Tensor, abar: torch.Tensor | float, pre
         return output
     if prediction_type == "v_prediction":
         return a.sqrt() * x - (1 - a).sqrt() * output
+    if prediction_type == "flow":
+        return (x - (1 - a).sqrt() * output) / (a.sqrt() + (1 - a).sqrt())
     check_prediction_type(prediction_type)
 
 
@@ -222,7 +228,10 @@ class Evaluator:
         for s in range(0, B, step):
             xb = x[s:s + step]
             cb = _slice_cond(cond, s, s + step) if step < B else cond
-            tb = torch.full((xb.shape[0],), int(t), dtype=torch.long, device=x.device)
+            if isinstance(t, float):   # a flow level: passed as is, in float64
+                tb = torch.full((xb.shape[0],), t, dtype=torch.float64, device=x.device)
+            else:
+                tb = torch.full((xb.shape[0],), int(t), dtype=torch.long, device=x.device)
             out = self.denoiser(xb, tb, cb)
             self.calls += 1
             self.rows += xb.shape[0]
@@ -266,6 +275,59 @@ class FunctionDenoiser:
 
     def __call__(self, x, t, cond):
         return self.fn(x, t, cond)
+
+
+def flow_scale(sigma):
+    """s(t) = sqrt((1 - t)^2 + t^2): a flow state is s(t) times the VP state at the same level."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    return ((1 - sigma) ** 2 + sigma ** 2).sqrt()
+
+
+def flow_abar(sigma):
+    """The VP level of flow level t: alphas_cumprod = (1 - t)^2 / ((1 - t)^2 + t^2)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    return (1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma ** 2)
+
+
+class FlowDenoiser:
+    """A flow-matching model behind the VP-state protocol.
+
+    ``fn(x_flow, sigma, cond) -> v``: the model as its pipeline calls it, on the flow state
+    ``x_t = (1 - t) x0 + t eps`` at level ``sigma = t`` (a float64 ``(B,)`` tensor; the backend
+    turns it into the model's own timestep input, e.g. ``1000 t``), predicting the velocity
+    ``v = eps - x0``.
+
+    Why a VP view. Divide the flow state by ``s(t) = sqrt((1 - t)^2 + t^2)`` and it is a
+    variance-preserving state ``z = sqrt(a) x0 + sqrt(1 - a) eps`` with ``sqrt(a) = (1 - t) / s``,
+    ``sqrt(1 - a) = t / s`` (so ``a = (1 - t)^2 / s^2``; t = 1 is a = 0, t = 0 is a = 1). Every
+    sampler, observed path and blend in longgen works on VP states, so the engine carries
+    ``z``; this adapter hands the model ``s(t) z`` and returns ``v`` unchanged, and
+    :func:`to_eps` / :func:`to_x0` read ``v`` against ``z``:
+    ``x0 = s z - t v = (z - sqrt(1 - a) v) / r`` and ``eps = s z + (1 - t) v = (z + sqrt(a) v) / r``
+    with ``r = sqrt(a) + sqrt(1 - a) = 1 / s``. The deterministic DDIM step in the VP view,
+    ``z' = sqrt(a') x0 + sqrt(1 - a') eps``, times ``s(t')`` is ``(1 - t') x0 + t' eps =
+    x_t + (t' - t) v``: the Euler step of ``FlowMatchEulerDiscreteScheduler``. The first level
+    of a flow grid is t = 1 (s = 1) and the last t = 0 (s = 1), so the initial noise and the
+    result are the same tensors in both views; only intermediate states differ, by s(t).
+    """
+
+    prediction_type = "flow"
+
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]):
+        self.fn = fn
+
+    def __call__(self, x, t, cond):
+        if not torch.is_floating_point(torch.as_tensor(t)):
+            raise ValueError(f"a flow model takes flow levels in [0, 1] as its time input, got "
+                             f"integer timesteps {torch.as_tensor(t).reshape(-1)[:4].tolist()}; "
+                             "sample it with a flow scheduler")
+        s = flow_scale(t).reshape(-1, *([1] * (x.ndim - 1))).to(device=x.device, dtype=x.dtype)
+        return self.fn(x * s, t, cond)
+
+    def __getattr__(self, name):
+        if name == "fn":
+            raise AttributeError(name)
+        return getattr(self.fn, name)
 
 
 class CountingDenoiser:

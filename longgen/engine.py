@@ -392,7 +392,7 @@ class Engine:
             return x
 
         # initial latents from the position-keyed noise field
-        y = torch.stack([self.noise(w.start, w.stop) for w in group])
+        y = sch.initial_state(torch.stack([self.noise(w.start, w.stop) for w in group]))
         last = group[-1]
         nxt = self.plan.windows[k0 + G] if k0 + G < len(self.plan) else None
         keep_traj = cfg.observed == "trajectory" and nxt is not None and not plain

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from .denoiser import check_prediction_type
+from .denoiser import FlowDenoiser, check_prediction_type, flow_abar, flow_scale
 
 
 def _apply_axis(x: torch.Tensor, mat: torch.Tensor, axis: int) -> torch.Tensor:
@@ -283,6 +283,15 @@ class PriorDenoiser:
 
     @classmethod
     def for_scheduler(cls, prior: SeparableGMM, scheduler, prediction_type: str | None = None):
+        """The prior as the scheduler's model would be: a VP model on its alphas_cumprod, or for a
+        flow-matching scheduler a velocity model (:class:`FlowPriorModel`) behind
+        :class:`~longgen.denoiser.FlowDenoiser`."""
+        from .schedule import is_flow_scheduler
+
+        if is_flow_scheduler(scheduler):
+            if prediction_type not in (None, "flow"):
+                raise ValueError(f"a flow-matching scheduler's model predicts 'flow', not {prediction_type!r}")
+            return FlowDenoiser(FlowPriorModel(prior))
         return cls(prior, scheduler.alphas_cumprod,
                    prediction_type or scheduler.config.prediction_type)
 
@@ -295,6 +304,43 @@ class PriorDenoiser:
         if self.prediction_type == "sample":
             return (x - (1 - ab).sqrt() * eps) / ab.sqrt()
         return (eps - (1 - ab).sqrt() * x) / ab.sqrt()  # v = sqrt(a) eps - sqrt(1-a) x0
+
+    def to(self, *args, **kwargs):
+        return self
+
+
+class FlowPriorModel:
+    """A prior as a flow-matching model: ``(x_flow, t, cond) -> v = E[eps] - E[x0]`` on the flow
+    state ``(1 - t) x0 + t eps`` (what a rectified-flow network is trained to predict).
+
+    Exact: at level t the flow state divided by ``s(t)`` is the VP state at
+    ``abar = (1 - t)^2 / s(t)^2``, where the prior's epsilon is exact; ``E[x0]`` is Tweedie's
+    ``(z - sqrt(1 - a) eps) / sqrt(a)``, and at t = 1 (a = 0, nothing known) the mixture mean.
+    Wrapped in :class:`~longgen.denoiser.FlowDenoiser` it drives the same samplers as the VP model.
+    """
+
+    def __init__(self, prior: SeparableGMM):
+        self.prior = prior
+
+    def eps_x0(self, z: torch.Tensor, abar: torch.Tensor, cond=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact E[eps | z] and E[x0 | z] of a VP state ``z`` at levels ``abar`` (B,), float64."""
+        a = torch.as_tensor(abar, dtype=torch.float64).reshape(-1).to(z.device)
+        z = z.double()
+        eps = self.prior.eps(z, a, cond).double()
+        ab = a.reshape(-1, *([1] * (z.ndim - 1)))
+        x0 = (z - (1 - ab).sqrt() * eps) / ab.sqrt().clamp_min(1e-300)
+        top = a == 0
+        if top.any():   # t = 1: E[x0] is the mixture mean under the condition's weights
+            w = self.prior.weights_for(cond, z.shape[0]).exp()            # (B, K)
+            mean = (w @ self.prior.means.flatten(1)).reshape(z.shape).to(z.device)
+            x0 = torch.where(top.reshape(ab.shape), mean, x0)
+        return eps, x0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).to(x.device)
+        z = x.double() / flow_scale(t).reshape(-1, *([1] * (x.ndim - 1)))
+        eps, x0 = self.eps_x0(z, flow_abar(t), cond)
+        return (eps - x0).to(x.dtype)
 
     def to(self, *args, **kwargs):
         return self

@@ -81,3 +81,16 @@ def test_marginal_prior_is_the_dense_sub_block():
     expect = full[:, 16:, :, 16:].reshape(8 * 16, 8 * 16)
     assert (sub.dense_covariance(0) - expect).abs().max().item() <= 1e-12
     assert torch.equal(sub.means, prior.means[..., 16:])
+
+
+def test_flux_benchmark_counts_rows_as_stated():
+    """flux_panorama_time on the tiny size: ALM costs 1 forward for the first window and 2 (3 rows:
+    eps_c(Y), eps_c(E), then the base step at Y') for each later one per step, no CFG rows;
+    MultiDiffusion one forward of all 25 views."""
+    out = _load("flux_panorama_time").main(["--size", "tiny", "--steps", "1"])
+    n = out["setup"]["windows"]
+    assert n == 5
+    assert out["alm"]["forwards_per_step"] == 1 + 2 * (n - 1)
+    assert out["alm"]["rows_per_step"] == 1 + 3 * (n - 1)
+    assert out["multidiffusion"]["views"] == 25 and out["multidiffusion"]["rows_per_step"] == 25
+    assert out["alm"]["finite"] and out["multidiffusion"]["finite"]

@@ -272,7 +272,9 @@ def test_bad_input_errors():
         longgen.sample(den, sch, obs, mask, observed_path=[obs] * 3, num_inference_steps=4)
     with pytest.raises(ValueError, match="unknown observed_path 'live'"):
         longgen.sample(den, sch, obs, mask, observed_path="live", num_inference_steps=4)
-    with pytest.raises(ValueError, match="unknown prediction_type 'flow'"):
+    with pytest.raises(ValueError, match="unknown prediction_type 'velocity'"):
+        longgen.sample(FunctionDenoiser(lambda x, t, c: x, "velocity"), sch, obs, mask)
+    with pytest.raises(ValueError, match="predicts 'flow' but the scheduler config says 'epsilon'"):
         longgen.sample(FunctionDenoiser(lambda x, t, c: x, "flow"), sch, obs, mask)
     with pytest.raises(ValueError, match="latents of shape"):
         longgen.sample(den, sch, obs, mask, latents=y0[:1], num_inference_steps=2)

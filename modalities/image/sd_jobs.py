@@ -64,6 +64,8 @@ prompt, ...)`` take ``latents=`` (the initial noise of the whole output in the V
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -86,16 +88,75 @@ SD_GUIDANCE = 7.5  # released ALM wide-image and inpainting default
 # --------------------------------------------------------------------------- model
 
 
+TRANSFORMER_PIPELINES = ("FluxPipeline",)   # transformer families with a backend here
+
+
+def is_flux(model: Any) -> bool:
+    return getattr(model, "family", None) == "flux"
+
+
+def load_model(model: str | Path, *, dtype: str = "fp32", device: str = "cpu",
+               local_files_only: bool = True, vae: Any = None):
+    """An :class:`SDModel` or a :class:`~.flux.FluxModel`, whichever the checkpoint's
+    model_index.json names (a directory without one, or a hub id, is read as SD)."""
+    from .flux import flux_index, load_flux
+
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / "model_index.json").is_file():
+        if flux_index(path) is not None:
+            if vae is not None:
+                raise ValueError("--vae replaces an SD VAE; FLUX checkpoints use their own 16-channel VAE")
+            return load_flux(path, dtype=resolve_dtype(dtype, device), device=device,
+                             local_files_only=local_files_only)
+        index = _read_index(path)
+        if "unet" not in index and "transformer" in index:
+            raise ValueError(f"{path / 'model_index.json'} names {index.get('_class_name')!r}, a transformer "
+                             f"model longgen has no backend for; supported: StableDiffusionPipeline, "
+                             f"StableDiffusionXLPipeline, {', '.join(TRANSFORMER_PIPELINES)}")
+    return load_sd(model, dtype=dtype, device=device, local_files_only=local_files_only, vae=vae)
+
+
+def _read_index(path: Path) -> dict:
+    from .sd import _read_json
+
+    return _read_json(path / "model_index.json")
+
+
+def engine_model(sd: Any, config: EngineConfig, height: int, width: int):
+    """(denoiser, scheduler, engine config, pixel multiple) of a model for windows of
+    ``height`` x ``width`` px. SD: its UNet denoiser and DDIM scheduler, classifier-free guidance
+    in the engine. FLUX: the flow denoiser with ``config.guidance_scale`` as the embedded value
+    (dev; None for schnell), the pipeline's schedule for that window size, no CFG rows."""
+    if is_flux(sd):
+        den = sd.denoiser_for(config.guidance_scale if sd.guidance_embedded else None)
+        return den, sd.scheduling(height, width), replace(config, guidance_scale=1.0), sd.pixel_multiple
+    return sd.denoiser, sd.scheduler, config, sd.vae_scale_factor
+
+
+def default_guidance(sd: Any, given: float | None) -> float:
+    """The run's guidance: the user's value, else the family's default (SD 7.5 as released;
+    FLUX.1-dev 3.5, embedded). A schnell-like FLUX takes none: a given value is refused."""
+    if is_flux(sd):
+        if given is not None and not sd.guidance_embedded:
+            sd.denoiser_for(given)   # raises with the reason
+        return sd.default_guidance() or 1.0 if given is None else given
+    return SD_GUIDANCE if given is None else given
+
+
 def as_sd_model(model: Any, *, dtype: str = "fp32", device: str = "cpu",
                 local_files_only: bool = True, vae: Any = None) -> SDModel:
-    """An :class:`SDModel` from an SDModel, a diffusers SD/SDXL pipeline, or a path / hub id."""
-    if isinstance(model, SDModel):
+    """An :class:`SDModel` (or a :class:`~.flux.FluxModel`) from such a model, a diffusers
+    SD/SDXL/FLUX pipeline, or a path / hub id."""
+    if isinstance(model, SDModel) or is_flux(model):
         return model
+    if type(model).__name__ == "FluxPipeline":
+        from .flux import FluxModel
+
+        return FluxModel(model)
     if hasattr(model, "components") and "unet" in getattr(model, "components", {}):
         return SDModel.from_pipeline(model)
     if isinstance(model, (str, Path)):
-        return load_sd(model, dtype=dtype, device=device, local_files_only=local_files_only,
-                       vae=vae)
+        return load_model(model, dtype=dtype, device=device, local_files_only=local_files_only, vae=vae)
     raise ValueError(f"model must be an SDModel, a diffusers pipeline, a checkpoint path or a hub "
                      f"id; got {type(model).__name__}")
 
@@ -118,12 +179,15 @@ def _check_multiple(name: str, value: int, f: int) -> int:
     return value
 
 
-def panorama_plan(width: int, height: int, window: int, stride: int, f: int = 8) -> Plan:
-    """Windows (latent units) for a ``width`` x ``height`` panorama of ``window``-px windows."""
-    _check_multiple("width", width, f)
-    _check_multiple("height", height, f)
-    _check_multiple("window", window, f)
-    _check_multiple("stride", stride, f)
+def panorama_plan(width: int, height: int, window: int, stride: int, f: int = 8,
+                  multiple: int | None = None) -> Plan:
+    """Windows (latent units, ``f`` px each) for a ``width`` x ``height`` panorama of
+    ``window``-px windows; sizes must be multiples of ``multiple`` px (default ``f``; FLUX: 16)."""
+    m = multiple or f
+    _check_multiple("width", width, m)
+    _check_multiple("height", height, m)
+    _check_multiple("window", window, m)
+    _check_multiple("stride", stride, m)
     if stride >= window:
         raise ValueError(f"stride {stride} px must be smaller than the window {window} px so that "
                          "windows overlap")
@@ -154,8 +218,9 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
     ``latents`` (C, height/8, width/8): the initial noise, given."""
     f = sd.vae_scale_factor
     window = sd.image_size if window is None else window
-    stride = default_stride(window, f) if stride is None else stride
-    plan = panorama_plan(width, height, window, stride, f)
+    den, sched, config, multiple = engine_model(sd, config, height, window)
+    stride = default_stride(window, multiple) if stride is None else stride
+    plan = panorama_plan(width, height, window, stride, f, multiple)
     if len(prompts) not in (1, len(plan)):
         raise ValueError(f"{len(prompts)} prompts for {len(plan)} windows; give one prompt or one "
                          "per window")
@@ -163,10 +228,10 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
     cond, uncond = sd.encode_prompt(unique, negative_prompt, size=(height, window))
     row = {p: k for k, p in enumerate(unique)}
     per_window = prompts if len(prompts) > 1 else prompts * len(plan)
-    uncond0 = _take(uncond, 0)
+    uncond0 = None if uncond is None else _take(uncond, 0)
     window_cond = lambda w: (_take(cond, row[per_window[w.index]]), uncond0)  # noqa: E731
     shape = (sd.latent_channels, height // f, plan.window)  # (C, h, window) latents
-    engine = Engine(sd.denoiser, sd.scheduler, plan, shape, -1, config, window_cond=window_cond,
+    engine = Engine(den, sched, plan, shape, -1, config, window_cond=window_cond,
                     dtype=torch.float32, device=device if device is not None else sd.device,
                     latents=latents)
     decoder = StreamingDecoder(lambda z: sd.vae_decode(z[None])[0], axis=-1, halo=halo, scale=f)
@@ -240,11 +305,11 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
     return image_output(torch.cat(parts, dim=-1), output_type)
 
 
-def _load_for(args) -> SDModel:
+def _load_for(args):
     resolve_dtype(args.dtype, args.device)  # fp16 on a CPU fails before any loading
-    return load_sd(args.model, dtype=args.dtype, device=args.device,
-                   local_files_only=getattr(args, "local_files_only", True),
-                   vae=getattr(args, "vae", None))
+    return load_model(args.model, dtype=args.dtype, device=args.device,
+                      local_files_only=getattr(args, "local_files_only", True),
+                      vae=getattr(args, "vae", None))
 
 
 def _config(args, guidance: float) -> EngineConfig:
@@ -273,12 +338,13 @@ def sd_panorama_job(args) -> Job:
     _check_window_args(args)
     sd = _load_for(args)
     window = args.window or sd.image_size
-    stride = args.stride or default_stride(window, sd.vae_scale_factor)
+    multiple = sd.pixel_multiple if is_flux(sd) else sd.vae_scale_factor
+    stride = args.stride or default_stride(window, multiple)
     if args.stride is None and stride <= 0:
         raise ValueError(f"--window {window} is too small for a 3/4 stride; give --stride")
-    plan = panorama_plan(args.width, args.height, window, stride, sd.vae_scale_factor)
+    plan = panorama_plan(args.width, args.height, window, stride, sd.vae_scale_factor, multiple)
     prompts = split_prompts(args.prompt, len(plan))
-    guidance = SD_GUIDANCE if args.guidance is None else args.guidance
+    guidance = default_guidance(sd, args.guidance)
     engine, decoder = panorama_parts(
         sd, prompts, args.width, args.height, _config(args, guidance), window=window,
         stride=stride, negative_prompt=args.negative_prompt,
@@ -318,8 +384,9 @@ def inpaint_parts(sd: SDModel, source: torch.Tensor, mask: torch.Tensor, prompt:
     ``latents`` (C, H/8, W/8): the initial noise, given."""
     f = sd.vae_scale_factor
     H, W = source.shape[-2:]
-    _check_multiple("image height", H, f)
-    _check_multiple("image width", W, f)
+    den, sched, config, multiple = engine_model(sd, config, H, W)
+    _check_multiple("image height", H, multiple)
+    _check_multiple("image width", W, multiple)
     if mask.shape[-2:] != source.shape[-2:]:
         raise ValueError(f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is {W}x{H}; "
                          "they must match")
@@ -332,7 +399,7 @@ def inpaint_parts(sd: SDModel, source: torch.Tensor, mask: torch.Tensor, prompt:
     cond, uncond = sd.encode_prompt(prompt, negative_prompt, size=(H, W))
     # the FULL latent of the masked image is inverted (hole included), as released
     given = Given(values=latent, known=(1 - lmask).expand_as(latent).contiguous(), keep_unknown=True)
-    engine = Engine(sd.denoiser, sd.scheduler, plan, tuple(latent.shape), -1, config, cond=cond,
+    engine = Engine(den, sched, plan, tuple(latent.shape), -1, config, cond=cond,
                     uncond=uncond, given=given, dtype=torch.float32,
                     device=device if device is not None else sd.device, latents=latents)
     # one chunk: a halo as wide as the image makes it a single whole-image VAE call
@@ -433,7 +500,7 @@ def sd_inpaint_job(args) -> Job:
         mask = load_mask(args.mask, (H, W))
     check_blend_pixels(args.blend_pixels)
     sd = _load_for(args)
-    guidance = SD_GUIDANCE if args.guidance is None else args.guidance
+    guidance = default_guidance(sd, args.guidance)
     engine, decoder = inpaint_parts(sd, source, mask, args.prompt, _config(args, guidance),
                                     negative_prompt=args.negative_prompt, device=args.device)
     writer = InpaintWriter(Path(args.out), source, mask, args.blend_pixels)
