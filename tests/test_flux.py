@@ -210,10 +210,11 @@ def test_unknown_transformer_family_is_named(tmp_path, capsys):
 
     from longgen.cli import main
 
-    d = tmp_path / "sd3"
+    d = tmp_path / "pixart"
     d.mkdir()
-    (d / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline",
-                                                    "transformer": ["diffusers", "SD3Transformer2DModel"]}))
+    (d / "model_index.json").write_text(json.dumps({"_class_name": "PixArtSigmaPipeline",
+                                                    "transformer": ["diffusers", "PixArtTransformer2DModel"]}))
     rc = main(["panorama", "--model", str(d), "--out", str(tmp_path / "o.png"), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 2 and "StableDiffusion3Pipeline" in err and "FluxPipeline" in err
+    assert rc == 2 and "PixArtSigmaPipeline" in err
+    assert "FluxPipeline" in err and "StableDiffusion3Pipeline" in err

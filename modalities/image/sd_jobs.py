@@ -88,25 +88,41 @@ SD_GUIDANCE = 7.5  # released ALM wide-image and inpainting default
 # --------------------------------------------------------------------------- model
 
 
-TRANSFORMER_PIPELINES = ("FluxPipeline",)   # transformer families with a backend here
+TRANSFORMER_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline")   # transformer families here
 
 
 def is_flux(model: Any) -> bool:
     return getattr(model, "family", None) == "flux"
 
 
+def is_dit(model: Any) -> bool:
+    """A flow-matching transformer model (:class:`~.dit.DiTModel`: FLUX, SD3)."""
+    return getattr(model, "family", None) in ("flux", "sd3")
+
+
+def _load_dit(cls_name: str, path, **kw):
+    if cls_name == "FluxPipeline":
+        from .flux import load_flux
+
+        return load_flux(path, **kw)
+    from .sd3 import load_sd3
+
+    return load_sd3(path, **kw)
+
+
 def load_model(model: str | Path, *, dtype: str = "fp32", device: str = "cpu",
                local_files_only: bool = True, vae: Any = None):
     """An :class:`SDModel` or a :class:`~.flux.FluxModel`, whichever the checkpoint's
     model_index.json names (a directory without one, or a hub id, is read as SD)."""
-    from .flux import flux_index, load_flux
+    from .dit import pipeline_class
 
     path = Path(model).expanduser()
     if path.is_dir() and (path / "model_index.json").is_file():
-        if flux_index(path) is not None:
+        cls_name = pipeline_class(path)
+        if cls_name in TRANSFORMER_PIPELINES:
             if vae is not None:
-                raise ValueError("--vae replaces an SD VAE; FLUX checkpoints use their own 16-channel VAE")
-            return load_flux(path, dtype=resolve_dtype(dtype, device), device=device,
+                raise ValueError(f"--vae replaces an SD VAE; {cls_name} checkpoints use their own 16-channel VAE")
+            return _load_dit(cls_name, path, dtype=resolve_dtype(dtype, device), device=device,
                              local_files_only=local_files_only)
         index = _read_index(path)
         if "unet" not in index and "transformer" in index:
@@ -126,20 +142,22 @@ def engine_model(sd: Any, config: EngineConfig, height: int, width: int):
     """(denoiser, scheduler, engine config, pixel multiple) of a model for windows of
     ``height`` x ``width`` px. SD: its UNet denoiser and DDIM scheduler, classifier-free guidance
     in the engine. FLUX: the flow denoiser with ``config.guidance_scale`` as the embedded value
-    (dev; None for schnell), the pipeline's schedule for that window size, no CFG rows."""
-    if is_flux(sd):
-        den = sd.denoiser_for(config.guidance_scale if sd.guidance_embedded else None)
-        return den, sd.scheduling(height, width), replace(config, guidance_scale=1.0), sd.pixel_multiple
+    (dev; None for schnell), the pipeline's schedule for that window size, no CFG rows. SD3: the
+    flow denoiser, its scheduler's grid, classifier-free guidance in the engine."""
+    if is_dit(sd):
+        den = sd.denoiser_for(config.guidance_scale if getattr(sd, "guidance_embedded", False) else None)
+        cfg = replace(config, guidance_scale=sd.engine_guidance(config.guidance_scale))
+        return den, sd.scheduling(height, width), cfg, sd.pixel_multiple
     return sd.denoiser, sd.scheduler, config, sd.vae_scale_factor
 
 
 def default_guidance(sd: Any, given: float | None) -> float:
     """The run's guidance: the user's value, else the family's default (SD 7.5 as released;
-    FLUX.1-dev 3.5, embedded). A schnell-like FLUX takes none: a given value is refused."""
-    if is_flux(sd):
-        if given is not None and not sd.guidance_embedded:
-            sd.denoiser_for(given)   # raises with the reason
-        return sd.default_guidance() or 1.0 if given is None else given
+    FLUX.1-dev 3.5, embedded; SD3 7.0). A schnell-like FLUX takes none: a given value is refused."""
+    if is_flux(sd) and given is not None and not sd.guidance_embedded:
+        sd.denoiser_for(given)   # raises with the reason
+    if is_dit(sd):
+        return (sd.default_guidance() or 1.0) if given is None else given
     return SD_GUIDANCE if given is None else given
 
 
@@ -147,12 +165,16 @@ def as_sd_model(model: Any, *, dtype: str = "fp32", device: str = "cpu",
                 local_files_only: bool = True, vae: Any = None) -> SDModel:
     """An :class:`SDModel` (or a :class:`~.flux.FluxModel`) from such a model, a diffusers
     SD/SDXL/FLUX pipeline, or a path / hub id."""
-    if isinstance(model, SDModel) or is_flux(model):
+    if isinstance(model, SDModel) or is_dit(model):
         return model
     if type(model).__name__ == "FluxPipeline":
         from .flux import FluxModel
 
         return FluxModel(model)
+    if type(model).__name__ == "StableDiffusion3Pipeline":
+        from .sd3 import SD3Model
+
+        return SD3Model(model)
     if hasattr(model, "components") and "unet" in getattr(model, "components", {}):
         return SDModel.from_pipeline(model)
     if isinstance(model, (str, Path)):
@@ -229,7 +251,14 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
     row = {p: k for k, p in enumerate(unique)}
     per_window = prompts if len(prompts) > 1 else prompts * len(plan)
     uncond0 = None if uncond is None else _take(uncond, 0)
-    window_cond = lambda w: (_take(cond, row[per_window[w.index]]), uncond0)  # noqa: E731
+    extras = getattr(sd, "window_extras", lambda start: {})
+
+    def window_cond(w):
+        c, more = _take(cond, row[per_window[w.index]]), extras(w.start)
+        if more:
+            c = {**c, **more}
+            return c, (None if uncond0 is None else {**uncond0, **more})
+        return c, uncond0
     shape = (sd.latent_channels, height // f, plan.window)  # (C, h, window) latents
     engine = Engine(den, sched, plan, shape, -1, config, window_cond=window_cond,
                     dtype=torch.float32, device=device if device is not None else sd.device,
@@ -338,7 +367,7 @@ def sd_panorama_job(args) -> Job:
     _check_window_args(args)
     sd = _load_for(args)
     window = args.window or sd.image_size
-    multiple = sd.pixel_multiple if is_flux(sd) else sd.vae_scale_factor
+    multiple = sd.pixel_multiple if is_dit(sd) else sd.vae_scale_factor
     stride = args.stride or default_stride(window, multiple)
     if args.stride is None and stride <= 0:
         raise ValueError(f"--window {window} is too small for a 3/4 stride; give --stride")

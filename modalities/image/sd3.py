@@ -1,0 +1,114 @@
+"""Stable Diffusion 3 / 3.5 behind the contract of :mod:`.dit` (the names :class:`~.sd.SDModel` has).
+
+Conventions follow diffusers 0.42 ``pipelines/stable_diffusion_3/pipeline_stable_diffusion_3.py``
+(facts in ``../shared/facts/flow-models.md``): ``SD3Transformer2DModel`` takes the VAE latents
+``(B, 16, h, w)`` as they are (it patches them itself, so sizes are multiples of VAE factor x
+patch size) and the scheduler's timestep ``1000 t`` (float32, as the pipeline passes it); the
+condition is the pipeline's own ``encode_prompt`` (two CLIP encoders with projection, penultimate
+states concatenated and padded to the T5 width, then T5's sequence, zeros when the checkpoint has
+no T5; the two pooled projections concatenated); classifier-free guidance with an empty negative
+prompt (default scale 7.0), which the engine batches as it does for SD; the scheduler's own grid
+(static shift; ``mu`` from the window's tokens when the config shifts dynamically).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from longgen.denoiser import FlowDenoiser, expand_cond
+
+from .dit import DiTModel, load_pipeline
+
+SD3_GUIDANCE = 7.0      # StableDiffusion3Pipeline's default guidance_scale
+SD3_MAX_TOKENS = 256    # its default max_sequence_length
+
+
+class SD3Velocity:
+    """``(x_flow (B, C, h, w), t (B,), cond) -> v``: the transformer as the SD3 pipeline calls it.
+    ``cond``: ``{"prompt_embeds": (B, L, D), "pooled": (B, P)}``."""
+
+    def __init__(self, transformer, num_train_timesteps: int = 1000):
+        self.transformer = transformer
+        self.num_train_timesteps = num_train_timesteps
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        tr = self.transformer
+        dev, dt = tr.device, tr.dtype
+        B = x.shape[0]
+        cond = expand_cond(cond, B)
+        # the pipeline's timestep: the scheduler's float32 sigma * 1000
+        ts = (torch.as_tensor(t).reshape(-1).expand(B).to(torch.float32) * self.num_train_timesteps).to(dev)
+        out = tr(hidden_states=x.to(device=dev, dtype=dt), timestep=ts,
+                 encoder_hidden_states=cond["prompt_embeds"].to(device=dev, dtype=dt),
+                 pooled_projections=cond["pooled"].to(device=dev, dtype=dt), return_dict=False)[0]
+        return out.to(device=x.device, dtype=x.dtype)
+
+
+class SD3Scheduling:
+    """The SD3 pipeline's schedule: the scheduler's own grid, with ``mu`` for ``tokens`` when
+    its config shifts dynamically (SD3.5 configs do not)."""
+
+    flow = True
+
+    def __init__(self, scheduler, tokens: int):
+        self.scheduler, self.tokens = scheduler, int(tokens)
+        self.config = scheduler.config
+
+    def longgen_schedule(self, steps: int, kind: str | None = None):
+        from longgen.schedule import flow_mu, make_schedule
+
+        mu = flow_mu(self.config, self.tokens) if getattr(self.config, "use_dynamic_shifting", False) else None
+        return make_schedule(self.scheduler, steps, kind, mu=mu)
+
+
+class SD3Model(DiTModel):
+    """An SD3 / SD3.5 checkpoint in the shapes longgen uses (see the module docstring)."""
+
+    family = "sd3"
+
+    def __init__(self, pipe, source: str | None = None, max_sequence_length: int = SD3_MAX_TOKENS):
+        super().__init__(pipe, source)
+        self.max_sequence_length = int(max_sequence_length)
+        if self.transformer.config.in_channels != self.vae.config.latent_channels:
+            raise ValueError(f"the transformer takes {self.transformer.config.in_channels} channels but the "
+                             f"VAE has {self.vae.config.latent_channels} latent channels")
+
+    @property
+    def patch(self) -> int:
+        return int(self.transformer.config.patch_size)
+
+    def scheduling(self, height: int, width: int) -> SD3Scheduling:
+        f = self.pixel_multiple
+        return SD3Scheduling(self.pipe.scheduler, (height // f) * (width // f))
+
+    def default_guidance(self) -> float:
+        return SD3_GUIDANCE
+
+    def engine_guidance(self, guidance: float) -> float:
+        """Classifier-free guidance runs in the engine (uncond + cond rows), as for SD."""
+        return float(guidance)
+
+    def denoiser_for(self, guidance: float | None) -> FlowDenoiser:
+        return FlowDenoiser(SD3Velocity(self.transformer, int(self.scheduler.config.num_train_timesteps)))
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str | Sequence[str], negative_prompt: str | None = None,
+                      size=None) -> tuple[dict, dict]:
+        """(cond, uncond) dicts ``{"prompt_embeds", "pooled"}`` from the pipeline's own
+        ``encode_prompt``; the negative prompt defaults to "" as in the pipeline."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        emb, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=True,
+            negative_prompt=negative_prompt or "", max_sequence_length=self.max_sequence_length)
+        return {"prompt_embeds": emb, "pooled": pooled}, {"prompt_embeds": neg, "pooled": neg_pooled}
+
+
+def load_sd3(model: str | Path, *, dtype: torch.dtype = torch.float32, device="cpu",
+             local_files_only: bool = True) -> SD3Model:
+    """Load a StableDiffusion3Pipeline checkpoint directory (or a cached hub id)."""
+    return SD3Model(load_pipeline("StableDiffusion3Pipeline", model, dtype, device, local_files_only),
+                    source=str(model))
