@@ -123,3 +123,56 @@ def test_layering():
         for path in (ROOT / folder).rglob("*.py"):
             bare = {m for m in _imports(path) if m.split(".")[0] in ("stitch", "modalities")}
             assert not bare, (path, bare)
+
+
+def _module_graph(root: Path) -> dict[str, set[str]]:
+    """Imports (lazy ones inside functions included) between the modules under modalities/, as
+    dotted names relative to it: 'image.plugin' -> {'image.sd_jobs', 'glue', ...}."""
+    mods = {}
+    for f in root.rglob("*.py"):
+        rel = f.relative_to(root).with_suffix("")
+        parts = list(rel.parts)
+        is_pkg = parts[-1] == "__init__"
+        name = ".".join(parts[:-1] if is_pkg else parts)
+        mods[name] = (f, is_pkg)
+    graph = {}
+    for name, (f, is_pkg) in mods.items():
+        here = name.split(".") if is_pkg else name.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = here[:len(here) - (node.level - 1)] if node.level > 1 else list(here)
+                    target = ".".join(base + (node.module.split(".") if node.module else []))
+                elif node.module and node.module.startswith("longgen.modalities."):
+                    target = node.module[len("longgen.modalities."):]
+                else:
+                    continue
+                for alias in node.names:   # `from . import x` may name a module
+                    sub = f"{target}.{alias.name}" if target else alias.name
+                    deps.add(sub if sub in mods else target)
+        graph[name] = {d for d in deps if d in mods and d != name}
+    return graph
+
+
+def test_no_import_cycles_between_modality_modules():
+    """Issue 11 item 3: plugin <-> jobs files no longer import each other (lazily or not), and
+    video / motion take their CLI glue from modalities/glue.py, not from the image plugin."""
+    graph = _module_graph(ROOT / "modalities")
+    for user in ("video.plugin", "video.jobs", "video.api", "motion.plugin", "motion.jobs", "motion.api"):
+        assert not graph[user] & {"image.plugin", "image.api", "image.sd_jobs"}, (user, graph[user])
+    state, stack = {}, []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[n] = 2
+    for n in sorted(graph):
+        if n not in state:
+            visit(n)

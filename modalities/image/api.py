@@ -14,73 +14,13 @@ give the same output for the same options. This module imports no model library 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-OUTPUT_TYPES = ("pil", "np", "latent")
-
-
-def check_output_type(output_type: str) -> str:
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"unknown output_type {output_type!r}; allowed: {', '.join(OUTPUT_TYPES)}")
-    return output_type
-
-
-def cli_args(command: str, model: Any, options: dict) -> tuple[Any, argparse.Namespace]:
-    """(plugin, args) of ``longgen <command> --model <model>`` with ``options`` (underscored option
-    names) set; an option the command does not have raises ValueError."""
-    from longgen.cli import build_parser, discover
-
-    if "guidance_scale" in options:  # the diffusers name of --guidance
-        if "guidance" in options:
-            raise ValueError("give guidance_scale or guidance, not both")
-        options = dict(options)
-        options["guidance"] = options.pop("guidance_scale")
-    plugins = discover()
-    if command not in plugins:
-        raise ValueError(f"no modality {command!r} installed; found: {', '.join(plugins)}")
-    parser = build_parser({command: plugins[command]})
-    args = parser.parse_args([command, "--out", "unused.out"])
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    path_opts = {a.dest for a in sub.choices[command]._actions if a.type is Path}
-    known = set(vars(args)) - {"command", "out", "resume", "overwrite", "no_progress", "model"}
-    bad = sorted(set(options) - known)
-    if bad:
-        raise ValueError(f"unknown option(s) {', '.join(bad)} for {command}; allowed: "
-                         f"{', '.join(sorted(known))}")
-    for k, v in options.items():
-        setattr(args, k, Path(v) if (k in path_opts and isinstance(v, str)) else v)
-    args.model = str(model) if isinstance(model, Path) else model
-    return plugins[command], args
-
-
-def run_in_memory(engine, decoder, latents: torch.Tensor | None, output_type: str):
-    """Run ``engine`` (initial noise from ``latents`` when given) -> (final latent, decoded media
-    or None for ``output_type='latent'``); the media is the decoder's output concatenated."""
-    if latents is not None:
-        engine.use_latents(latents)
-    chunks = [c.latent for c in engine]
-    latent = torch.cat(chunks, dim=engine.axis)
-    if output_type == "latent":
-        return latent, None
-    parts = [m for m in (decoder.push(c) for c in chunks) if m is not None]
-    tail = decoder.flush()
-    if tail is not None:
-        parts.append(tail)
-    return latent, torch.cat(parts, dim=decoder.axis)
-
-
-def _seed(options: dict, generator: torch.Generator | None, seed: int | None) -> dict:
-    from .sd_jobs import _seed_of
-
-    if generator is not None or seed is not None:
-        options["seed"] = _seed_of(seed, generator)
-    return options
-
+from ..glue import OUTPUT_TYPES, _seed, check_output_type, cli_args, run_in_memory  # noqa: F401
 
 # --------------------------------------------------------------------------- image
 
@@ -134,7 +74,7 @@ def inpaint(model: Any = "builtin", image=None, mask=None, prompt: str = "", *,
         return sd_inpaint(model, image, mask, prompt, latents=latents, output_type=output_type,
                           return_blended=return_blended, blend_pixels=blend_pixels,
                           generator=generator, seed=seed, **options)
-    from .plugin import blend_with_source, check_blend_pixels
+    from .inpainting import blend_with_source, check_blend_pixels
     from .sd_jobs import image_output
 
     check_blend_pixels(blend_pixels)

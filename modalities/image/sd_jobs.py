@@ -51,7 +51,7 @@ trajectory is the observed X_t; one window covers the image. The pixel mask is r
 latent grid with nearest-neighbour sampling. Beside the raw output the blended one is written
 (``<out>-blended.png``, the released ``blended/``): generated pixels pasted into the source through
 the released blend mask, a 21x21 Gaussian of the mask kept at 1 inside the hole
-(:func:`~longgen.modalities.image.plugin.released_blend_mask`); ``--blend-pixels R`` blends
+(:func:`~longgen.modalities.image.inpainting.released_blend_mask`); ``--blend-pixels R`` blends
 through a box blur of radius R instead (pixels farther than R from the mask are the source's
 exactly), ``--blend-pixels 0`` writes no blended file.
 
@@ -78,7 +78,7 @@ from longgen.planner import Plan, plan_windows
 from longgen.run import Job
 from longgen.stitch import StreamingDecoder
 
-from .api import check_output_type
+from ..glue import _seed_of, check_output_type, engine_config, split_prompts
 from .sd import SDModel, load_sd, resolve_dtype
 
 DECODE_HALO = 8  # latents of context each side of a decoded chunk (64 px for SD)
@@ -267,14 +267,6 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
     return engine, decoder
 
 
-def _seed_of(seed: int | None, generator: torch.Generator | None) -> int:
-    if seed is not None and generator is not None:
-        raise ValueError("give either seed or generator, not both")
-    if generator is not None:
-        return int(generator.initial_seed())
-    return 0 if seed is None else int(seed)
-
-
 def image_output(img: torch.Tensor, output_type: str):
     """(3, H, W) in [-1, 1] -> a PIL image (8-bit, rounded) or float32 (H, W, 3) in [0, 1]."""
     if output_type == "np":
@@ -341,13 +333,6 @@ def _load_for(args):
                       vae=getattr(args, "vae", None))
 
 
-def _config(args, guidance: float) -> EngineConfig:
-    return EngineConfig(method=args.method, w1=args.w1, w2=args.w2, steps=args.steps,
-                        group=args.group, observed=args.observed, live=args.live,
-                        given_path=args.given_path, guidance_scale=guidance, blend=args.blend,
-                        seed=args.seed)
-
-
 def _check_window_args(args) -> None:
     """Window/stride checks that need no model (so bad values fail before loading)."""
     for name in ("window", "stride"):
@@ -361,7 +346,6 @@ def _check_window_args(args) -> None:
 
 def sd_panorama_job(args) -> Job:
     """The :class:`~longgen.run.Job` of ``longgen panorama --model <checkpoint>``."""
-    from .plugin import split_prompts
     from .writers import PNGStripWriter
 
     _check_window_args(args)
@@ -375,7 +359,7 @@ def sd_panorama_job(args) -> Job:
     prompts = split_prompts(args.prompt, len(plan))
     guidance = default_guidance(sd, args.guidance)
     engine, decoder = panorama_parts(
-        sd, prompts, args.width, args.height, _config(args, guidance), window=window,
+        sd, prompts, args.width, args.height, engine_config(args, guidance), window=window,
         stride=stride, negative_prompt=args.negative_prompt,
         halo=getattr(args, "decode_halo", DECODE_HALO), device=args.device)
     info = {"width": args.width, "height": args.height, "window": window, "stride": stride,
@@ -454,7 +438,7 @@ def inpaint(model: Any, image, mask, prompt: str = "", *, steps: int = 50, metho
     the CLI's ``<out>-blended.png`` (the released 21x21 Gaussian blend, or the box blur of
     ``blend_pixels`` when > 0).
     """
-    from .plugin import blend_with_source
+    from .inpainting import blend_with_source
 
     check_output_type(output_type)
     if output_type == "latent" and (return_blended or blend_pixels):
@@ -489,7 +473,7 @@ def _image_tensor(image) -> torch.Tensor:
     """A PIL image or path -> (3, H, W) in [-1, 1]."""
     import numpy as np
 
-    from .plugin import load_image
+    from .inpainting import load_image
 
     if isinstance(image, (str, Path)):
         return load_image(Path(image))
@@ -501,7 +485,7 @@ def _mask_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
     """A PIL image or path -> (1, H, W) with 1 = generate, checked binary and of ``size``."""
     import tempfile
 
-    from .plugin import load_mask
+    from .inpainting import load_mask
 
     if isinstance(mask, (str, Path)):
         return load_mask(Path(mask), size)
@@ -513,7 +497,7 @@ def _mask_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
 
 def sd_inpaint_job(args) -> Job:
     """The :class:`~longgen.run.Job` of ``longgen inpaint --model <checkpoint>``."""
-    from .plugin import InpaintWriter, check_blend_pixels, load_image, load_mask
+    from .inpainting import InpaintWriter, check_blend_pixels, load_image, load_mask
 
     if args.image is None:
         raise ValueError("--image is required with a checkpoint model (--model "
@@ -530,7 +514,7 @@ def sd_inpaint_job(args) -> Job:
     check_blend_pixels(args.blend_pixels)
     sd = _load_for(args)
     guidance = default_guidance(sd, args.guidance)
-    engine, decoder = inpaint_parts(sd, source, mask, args.prompt, _config(args, guidance),
+    engine, decoder = inpaint_parts(sd, source, mask, args.prompt, engine_config(args, guidance),
                                     negative_prompt=args.negative_prompt, device=args.device)
     writer = InpaintWriter(Path(args.out), source, mask, args.blend_pixels)
     base = 1 if args.method in ("alm-fused", "syncsde", "replace", "ddim", "ddpm") else 2

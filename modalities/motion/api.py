@@ -25,7 +25,7 @@ def motion(model: Any = "builtin", prompt: str = "", frames: int | None = None, 
     (what ``longgen motion --model`` takes). Other keywords: the command's options with
     underscores (``input`` (a motion file), ``keyframes``, ``joints``, ``steps``, ``window_frames``,
     ``stride_frames``, ``w2``, ...). ``latents``: initial noise ``(263, frames)``."""
-    from ..image.api import _seed, check_output_type, cli_args, run_in_memory
+    from ..glue import _seed, check_output_type, cli_args, run_in_memory
 
     check_output_type(output_type)
     if not isinstance(model, (str, Path)):

@@ -77,7 +77,7 @@ def text_condition(config, prompt: str, clip: str | None, device) -> tuple[torch
 
 def condmdi_job(args) -> Job:
     """The Job of a ``longgen motion`` run with a CondMDI U-Net checkpoint."""
-    from .plugin import MODEL_FRAMES, NPYWriter, export_options, joints_decoder, window_transform
+    from .parts import MODEL_FRAMES, NPYWriter, export_options, joints_decoder, window_transform
 
     dtype = model_dtype(args.dtype)
     ckpt = find_checkpoint(args.model)

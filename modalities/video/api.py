@@ -44,7 +44,7 @@ def video(model: Any = "builtin", prompt: str = "", frames: int = 104, *,
     Other keywords: the command's options with underscores (``steps``, ``height``, ``width``,
     ``window_frames``, ``stride_frames``, ``init`` (a clip path), ``guidance``, ``w2``, ...).
     ``latents``: initial noise ``(C, frames, H/8, W/8)``; nothing is drawn for Y_T."""
-    from ..image.api import _seed, check_output_type, cli_args, run_in_memory
+    from ..glue import _seed, check_output_type, cli_args, run_in_memory
 
     check_output_type(output_type)
     from .models import VideoModel

@@ -29,9 +29,9 @@ from longgen.planner import plan_windows
 from longgen.run import Job
 from longgen.stitch import StreamingDecoder
 
-from ..image.plugin import engine_config
+from ..glue import engine_config
 from .models import NATIVE_FRAMES, VideoModel, load_video_model
-from .plugin import check_frames, clip_to_tensor
+from .writers import check_frames, clip_to_tensor
 from .writers import MP4Writer, read_video
 
 DEFAULT_GUIDANCE = 7.5   # LaVie sample.yaml guidance_scale; diffusers AnimateDiffPipeline default

@@ -154,3 +154,25 @@ def read_video(path: Path, max_frames: int | None = None) -> tuple[np.ndarray, f
     if not frames:
         raise ValueError(f"video {path} has no frames")
     return np.stack(frames), fps
+
+
+def check_frames(args, window: int) -> None:
+    if not isinstance(args.frames, int) or args.frames < 1:
+        raise ValueError(f"--frames must be a positive integer, got {args.frames!r}")
+    if args.frames < window:
+        raise ValueError(f"--frames {args.frames} is fewer than one window ({window} frames); allowed: >= {window}")
+
+
+def clip_to_tensor(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """(F, h, w, 3) uint8 -> (3, F, height, width) in [-1, 1]: resize the short side, centre-crop."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(frames).float().permute(0, 3, 1, 2) / 127.5 - 1  # (F, 3, h, w)
+    h, w = x.shape[-2:]
+    s = max(height / h, width / w)
+    nh, nw = max(height, round(h * s)), max(width, round(w * s))
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    x = x[..., top:top + height, left:left + width]
+    return x.permute(1, 0, 2, 3).contiguous()
