@@ -65,7 +65,9 @@ class Schedule:
         return noise / float(flow_scale(self.sigmas[0]))
 
     def sigma(self, i: int) -> float:
-        """DDPM posterior std at step i (eta = 1), ALM's decay of w1, w2 (paper Eq. 10)."""
+        """DDPM posterior std at step i (eta = 1), ALM's decay of w1, w2 (paper Eq. 10). A flow
+        schedule has it from the VP view of its levels (abar = (1 - t)^2 / ((1 - t)^2 + t^2)),
+        the same quantity for the same noise levels, so ALM on a flow model is ALM on its VP twin."""
         a_t, a_s = self.abar[i], self.abar_prev[i]
         return float(((1 - a_s) / (1 - a_t)).sqrt() * (1 - a_t / a_s).sqrt())
 

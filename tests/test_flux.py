@@ -218,3 +218,40 @@ def test_unknown_transformer_family_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "PixArtSigmaPipeline" in err
     assert "FluxPipeline" in err and "StableDiffusion3Pipeline" in err
+
+
+def expected_cost(method: str, windows: int, cfg_rows: int) -> tuple[int, int]:
+    """(forwards, rows) per step of a panorama with ``windows`` windows, the first observing
+    nothing; ``cfg_rows`` = rows of one guided request (1 without classifier-free guidance, 2 with)."""
+    later = windows - 1
+    if method == "alm":        # [eps_c(Y), eps_c(E)] then the guided step at Y'
+        return 1 + 2 * later, cfg_rows + later * (2 + cfg_rows)
+    if method == "alm-fused":  # guided Y and E in one forward
+        return windows, cfg_rows + later * (cfg_rows + 1)
+    return windows, windows * cfg_rows   # syncsde, replace, ddim: the guided step only
+
+
+def count_panorama(model, method: str, guidance: float | None):
+    from longgen.modalities.image.sd_jobs import engine_model
+
+    H, W, win, stride, steps = 32, 64, 32, 16, 2
+    f = model.vae_scale_factor
+    cond, uncond = model.encode_prompt(["a mountain lake"])
+    cfg = EngineConfig(method=method, steps=steps, seed=0, guidance_scale=guidance or 1.0)
+    den, sched, cfg, multiple = engine_model(model, cfg, H, win)
+    den = CountingDenoiser(den)
+    plan = panorama_plan(W, H, win, stride, f, multiple)
+    eng = Engine(den, sched, plan, (model.latent_channels, H // f, win // f), -1, cfg,
+                 window_cond=lambda w: (cond, uncond))
+    for _ in eng:
+        pass
+    return len(plan), den.calls / steps, den.rows / steps
+
+
+@pytest.mark.parametrize("method", ["alm", "alm-fused", "syncsde", "replace", "ddim"])
+def test_forwards_and_rows_per_step(flux, method):
+    """What the README states for FLUX: no CFG rows, ALM 1 forward for the first window and 2
+    (3 rows) for each later one; counted at the denoiser."""
+    n, calls, rows = count_panorama(flux, method, 3.5 if flux.guidance_embedded else None)
+    assert n == 3
+    assert (calls, rows) == expected_cost(method, n, 1)

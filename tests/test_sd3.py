@@ -98,3 +98,13 @@ def test_cli_panorama_and_inpaint(sd3, tmp_path):
     assert main(["inpaint", "--model", sd3.source, "--image", str(src), "--steps", "2", "--out", str(out2),
                  "--no-progress"]) == 0
     assert Image.open(out2).size == (32, 32)
+
+
+@pytest.mark.parametrize("method", ["alm", "alm-fused", "syncsde", "replace", "ddim"])
+def test_forwards_and_rows_per_step(sd3, method):
+    """SD3 runs CFG in the engine: every guided request is an uncond + cond pair in one forward."""
+    from .test_flux import count_panorama, expected_cost
+
+    n, calls, rows = count_panorama(sd3, method, 7.0)
+    assert n == 3
+    assert (calls, rows) == expected_cost(method, n, 2)
