@@ -255,3 +255,17 @@ def test_forwards_and_rows_per_step(flux, method):
     n, calls, rows = count_panorama(flux, method, 3.5 if flux.guidance_embedded else None)
     assert n == 3
     assert (calls, rows) == expected_cost(method, n, 1)
+
+
+def test_python_api_uses_the_family_default_guidance(flux):
+    """``panorama(model, ...)`` without guidance_scale: dev embeds 3.5 (not SD's 7.5), schnell none."""
+    from longgen.modalities.image import panorama
+
+    kw = dict(width=64, height=32, window=32, stride=16, steps=2, output_type="latent", seed=3)
+    default = panorama(flux, "a mountain lake", **kw)
+    if flux.guidance_embedded:
+        assert torch.equal(default, panorama(flux, "a mountain lake", guidance_scale=3.5, **kw))
+        assert not torch.equal(default, panorama(flux, "a mountain lake", guidance_scale=7.5, **kw))
+    else:
+        with pytest.raises(ValueError, match="guidance_embeds=False"):
+            panorama(flux, "a mountain lake", guidance_scale=4.0, **kw)

@@ -112,8 +112,8 @@ def _load_dit(cls_name: str, path, **kw):
 
 def load_model(model: str | Path, *, dtype: str = "fp32", device: str = "cpu",
                local_files_only: bool = True, vae: Any = None):
-    """An :class:`SDModel` or a :class:`~.flux.FluxModel`, whichever the checkpoint's
-    model_index.json names (a directory without one, or a hub id, is read as SD)."""
+    """An :class:`SDModel`, :class:`~.flux.FluxModel` or :class:`~.sd3.SD3Model`, whichever the
+    checkpoint's model_index.json names (a directory without one, or a hub id, is read as SD)."""
     from .dit import pipeline_class
 
     path = Path(model).expanduser()
@@ -281,7 +281,7 @@ def image_output(img: torch.Tensor, output_type: str):
 @torch.no_grad()
 def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int = 512, *,
              steps: int = 50, method: str = "alm", w1: float = 1.0, w2: float = 0.001,
-             guidance_scale: float = SD_GUIDANCE, group: int = 1, negative_prompt: str | None = None,
+             guidance_scale: float | None = None, group: int = 1, negative_prompt: str | None = None,
              window: int | None = None, stride: int | None = None, observed: str = "trajectory",
              blend: str = "feather", generator: torch.Generator | None = None,
              seed: int | None = None, halo: int = DECODE_HALO,
@@ -301,7 +301,8 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
     check_output_type(output_type)
     sd = as_sd_model(model)
     cfg = EngineConfig(method=method, w1=w1, w2=w2, steps=steps, group=group, observed=observed,
-                       guidance_scale=guidance_scale, blend=blend, seed=_seed_of(seed, generator))
+                       guidance_scale=default_guidance(sd, guidance_scale), blend=blend,
+                       seed=_seed_of(seed, generator))
     if isinstance(prompt, str):
         prompts = [p.strip() for p in prompt.split("|")]
     else:
@@ -422,7 +423,7 @@ def inpaint_parts(sd: SDModel, source: torch.Tensor, mask: torch.Tensor, prompt:
 
 @torch.no_grad()
 def inpaint(model: Any, image, mask, prompt: str = "", *, steps: int = 50, method: str = "alm",
-            w1: float = 1.0, w2: float = 0.005, guidance_scale: float = SD_GUIDANCE,
+            w1: float = 1.0, w2: float = 0.005, guidance_scale: float | None = None,
             negative_prompt: str | None = None, given_path: str = "invert",
             generator: torch.Generator | None = None, seed: int | None = None,
             blend_pixels: int = 0, latents: torch.Tensor | None = None,
@@ -449,7 +450,7 @@ def inpaint(model: Any, image, mask, prompt: str = "", *, steps: int = 50, metho
     source = _image_tensor(image)
     msk = _mask_tensor(mask, tuple(source.shape[-2:]))
     cfg = EngineConfig(method=method, w1=w1, w2=w2, steps=steps, given_path=given_path,
-                       guidance_scale=guidance_scale, seed=_seed_of(seed, generator))
+                       guidance_scale=default_guidance(sd, guidance_scale), seed=_seed_of(seed, generator))
     engine, decoder = inpaint_parts(sd, source, msk, prompt, cfg, negative_prompt=negative_prompt,
                                     latents=latents)
     chunks = [c.latent for c in engine]
