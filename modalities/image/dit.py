@@ -13,6 +13,30 @@ from pathlib import Path
 import torch
 
 
+class WindowScheduling:
+    """A pipeline's schedule for windows of ``tokens`` transformer tokens, read by
+    :func:`longgen.schedule.make_schedule` (the checkpoint's scheduler is never changed): the
+    scheduler's own grid, or with ``linear_sigmas`` the sigmas ``linspace(1, 1/N, N)`` that the
+    FLUX pipeline passes; with dynamic shifting, ``mu`` from the token count (a window has a
+    fixed size, so one ``mu`` per run)."""
+
+    flow = True
+    linear_sigmas = False
+
+    def __init__(self, scheduler, tokens: int):
+        self.scheduler, self.tokens = scheduler, int(tokens)
+        self.config = scheduler.config
+
+    def longgen_schedule(self, steps: int, kind: str | None = None):
+        import numpy as np
+
+        from longgen.schedule import flow_mu, make_schedule
+
+        mu = flow_mu(self.config, self.tokens) if getattr(self.config, "use_dynamic_shifting", False) else None
+        sigmas = np.linspace(1.0, 1.0 / steps, steps) if self.linear_sigmas else None
+        return make_schedule(self.scheduler, steps, kind, mu=mu, sigmas=sigmas)
+
+
 class DiTModel:
     """A diffusers transformer pipeline (``pipe.transformer``, ``pipe.vae``, ``pipe.scheduler``)."""
 
@@ -53,6 +77,13 @@ class DiTModel:
     @property
     def scheduler(self):
         return self.pipe.scheduler
+
+    scheduling_class = WindowScheduling
+
+    def scheduling(self, height: int, width: int) -> WindowScheduling:
+        """The schedule of ``height`` x ``width`` px windows (their token count sets ``mu``)."""
+        f = self.pixel_multiple
+        return self.scheduling_class(self.pipe.scheduler, (height // f) * (width // f))
 
     def _scale_shift(self) -> tuple[float, float]:
         c = self.vae.config

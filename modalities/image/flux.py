@@ -26,12 +26,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from longgen.denoiser import FlowDenoiser, expand_cond
 
-from .dit import DiTModel, load_pipeline
+from .dit import DiTModel, WindowScheduling, load_pipeline
 
 FLUX_GUIDANCE = 3.5      # FluxPipeline's default guidance_scale (the embedded value for dev)
 FLUX_MAX_TOKENS = 512    # FluxPipeline's default max_sequence_length
@@ -97,22 +96,11 @@ class FluxVelocity:
         return unpack(out, h, w).to(device=x.device, dtype=x.dtype)
 
 
-class FluxScheduling:
-    """The FLUX pipeline's schedule for windows of ``tokens`` packed tokens: sigmas
-    ``linspace(1, 1/N, N)`` and, with dynamic shifting, ``mu`` from the token count. Read by
-    :func:`longgen.schedule.make_schedule`; the checkpoint's scheduler is never changed."""
+class FluxScheduling(WindowScheduling):
+    """The FLUX pipeline's schedule: sigmas ``linspace(1, 1/N, N)``, ``mu`` from the window's
+    packed token count when the config shifts dynamically."""
 
-    flow = True
-
-    def __init__(self, scheduler, tokens: int):
-        self.scheduler, self.tokens = scheduler, int(tokens)
-        self.config = scheduler.config
-
-    def longgen_schedule(self, steps: int, kind: str | None = None):
-        from longgen.schedule import flow_mu, make_schedule
-
-        mu = flow_mu(self.config, self.tokens) if getattr(self.config, "use_dynamic_shifting", False) else None
-        return make_schedule(self.scheduler, steps, kind, mu=mu, sigmas=np.linspace(1.0, 1.0 / steps, steps))
+    linear_sigmas = True
 
 
 class FluxModel(DiTModel):
@@ -120,6 +108,7 @@ class FluxModel(DiTModel):
 
     family = "flux"
     patch = 2
+    scheduling_class = FluxScheduling
 
     POSITIONS = ("local", "canvas")
 
@@ -143,10 +132,6 @@ class FluxModel(DiTModel):
         """Condition entries of the window starting at latent column ``start``: its packed
         column offset under canvas positions, nothing under local ones."""
         return {"col0": torch.tensor([start // self.patch])} if self.positions == "canvas" else {}
-
-    def scheduling(self, height: int, width: int) -> FluxScheduling:
-        f = self.pixel_multiple
-        return FluxScheduling(self.pipe.scheduler, (height // f) * (width // f))
 
     def default_guidance(self) -> float | None:
         return FLUX_GUIDANCE if self.guidance_embedded else None

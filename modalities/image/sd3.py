@@ -48,23 +48,6 @@ class SD3Velocity:
         return out.to(device=x.device, dtype=x.dtype)
 
 
-class SD3Scheduling:
-    """The SD3 pipeline's schedule: the scheduler's own grid, with ``mu`` for ``tokens`` when
-    its config shifts dynamically (SD3.5 configs do not)."""
-
-    flow = True
-
-    def __init__(self, scheduler, tokens: int):
-        self.scheduler, self.tokens = scheduler, int(tokens)
-        self.config = scheduler.config
-
-    def longgen_schedule(self, steps: int, kind: str | None = None):
-        from longgen.schedule import flow_mu, make_schedule
-
-        mu = flow_mu(self.config, self.tokens) if getattr(self.config, "use_dynamic_shifting", False) else None
-        return make_schedule(self.scheduler, steps, kind, mu=mu)
-
-
 class SD3Model(DiTModel):
     """An SD3 / SD3.5 checkpoint in the shapes longgen uses (see the module docstring)."""
 
@@ -80,10 +63,6 @@ class SD3Model(DiTModel):
     @property
     def patch(self) -> int:
         return int(self.transformer.config.patch_size)
-
-    def scheduling(self, height: int, width: int) -> SD3Scheduling:
-        f = self.pixel_multiple
-        return SD3Scheduling(self.pipe.scheduler, (height // f) * (width // f))
 
     def default_guidance(self) -> float:
         return SD3_GUIDANCE
