@@ -25,6 +25,15 @@ Finished windows go onto a :class:`longgen.stitch.Canvas`; everything before the
 is final and is yielded as a :class:`Chunk`. Memory: G windows, the canvas tail and (for
 ``trajectory``) one window's overlap per step — never the whole output.
 
+Loops (a plan from :func:`longgen.planner.plan_loop`): the last window's right end lies on the
+first window's start, so it observes both its left neighbour and the first window (``wrap``
+positions, ALM's mask is 0 on both overlaps), and the canvas holds the first ``hold`` positions
+until it is in (they are yielded last, as ``Chunk(0, hold)``). Its X_t there comes from the first
+window like any group boundary: live when both are in one group, else ``trajectory`` (the first
+window's latents at those positions, stored per step while it was sampled), ``invert`` or
+``noise`` (of the first window's finished latent, kept for this). Its initial noise there is the
+first window's (the noise field wraps).
+
 Randomness is a function of (seed, position) for initial noise — overlapping windows share their
 initial noise where they overlap, like the released canvas noise — and of (seed, group) for
 step noise, so a run resumed at a group boundary draws exactly what the uninterrupted one drew.
@@ -199,7 +208,11 @@ class Engine:
         if latents is not None:
             self.use_latents(latents)
         self.G = config.group if 0 < config.group < len(plan) else len(plan)
-        self.canvas = Canvas(plan.length, axis, mode=config.blend)
+        if plan.loop and (window_transform is not None or given is not None):
+            raise ValueError("a loop plan takes no window transform and no given content")
+        self.canvas = Canvas(plan.length, axis, mode=config.blend, hold=plan.hold)
+        self.first_final: torch.Tensor | None = None  # loops: the first window, for the last one
+        self.first_traj: list[torch.Tensor] | None = None  # loops: its wrapped columns per step
         self.next_window = 0
         self.prev_final: torch.Tensor | None = None   # last finished window's latent
         self.prev_traj: list[torch.Tensor] | None = None  # its per-step latents (trajectory)
@@ -225,6 +238,10 @@ class Engine:
             d["prev_traj"] = torch.stack(self.prev_traj)
         if self.prev_params is not None:
             d["prev_params"] = self.prev_params
+        if self.first_final is not None:
+            d["first_final"] = self.first_final
+        if self.first_traj is not None:
+            d["first_traj"] = torch.stack(self.first_traj)
         return d
 
     def load_state_dict(self, d: dict) -> None:
@@ -234,10 +251,20 @@ class Engine:
         traj = d.get("prev_traj")
         self.prev_traj = list(traj.unbind(0)) if traj is not None else None
         self.prev_params = d.get("prev_params")
+        self.first_final = d.get("first_final")
+        traj = d.get("first_traj")
+        self.first_traj = list(traj.unbind(0)) if traj is not None else None
 
     # ------------------------------------------------------------------ helpers
     def _slice(self, x, a, b):
         return x[_sl(self.axis, a, b, x.ndim)]
+
+    def _initial_noise(self, w: Window) -> torch.Tensor:
+        """Y_T of window w from the position-keyed noise; a loop's last window wraps onto 0."""
+        if not w.wrap:
+            return self.noise(w.start, w.stop)
+        return torch.cat([self.noise(w.start, self.plan.length), self.noise(0, w.wrap)],
+                         dim=len(self.shape) + self.axis)
 
     def _given_window(self, w: Window):
         """(values, known) of the given content inside window w, or None."""
@@ -289,10 +316,12 @@ class Engine:
             k1 = k0 + len(group)
             self.next_window = k1
             upto = plan.finished_upto(k1 - 1)
-            start = self.canvas.done
+            start = max(self.canvas.done, self.canvas.hold)
             chunk = self.canvas.finish(upto)
             if chunk is not None:
                 yield Chunk(start, upto, chunk, k1)
+        if plan.loop and not self.canvas.head_done:  # the positions the last window wrapped onto
+            yield Chunk(0, plan.hold, self.canvas.finish_head(), len(plan))
 
     @torch.no_grad()
     def _sample_group(self, group: list[Window], k0: int) -> torch.Tensor:
@@ -310,6 +339,7 @@ class Engine:
         given_known = torch.zeros_like(mask)
         for b, w in enumerate(group):
             mask[b][_sl(ax, 0, w.new_from, len(self.shape))] = 0
+            mask[b][_sl(ax, w.new_to, w.size, len(self.shape))] = 0  # loops: the first window's start
             gw = self._given_window(w)
             if gw is not None:
                 given_x0[b], given_known[b] = gw
@@ -363,6 +393,26 @@ class Engine:
             if prev_src is None:
                 raise RuntimeError("internal: no source for the group's first window")
 
+        # loops: the last window's right end observes the first window's start
+        wrap_b = next((b for b, w in enumerate(group) if w.wrap), None)
+        wrap_src = None
+        if wrap_b is not None and not plain:
+            n_wrap = group[wrap_b].wrap
+            if k0 == 0:
+                wrap_src = "live"  # the first window is in this group
+            elif cfg.observed == "trajectory":
+                wrap_src = self.first_traj
+            elif cfg.observed == "invert":
+                inv = ddim_invert(cond_ev, sch, self.first_final[None])
+                wrap_src = [self._slice(x[0], 0, n_wrap) for x in inv]
+            else:
+                first_x0 = self._slice(self.first_final, 0, n_wrap)
+                first_gen = _gen(cfg.seed, k0, 3)
+                wrap_src = lambda i: q_sample(sch, i, first_x0, torch.randn(  # noqa: E731
+                    first_x0.shape, generator=first_gen, dtype=self.dtype).to(self.device))
+            if wrap_src is None:
+                raise RuntimeError("internal: no source for the loop's closing window")
+
         def overlap_from_prev(i):
             x = prev_src(i) if callable(prev_src) else prev_src[i]
             if self.wt is None:
@@ -382,6 +432,12 @@ class Engine:
                         float(sch.abar[i].sqrt()))
                 elif prev_i is not None:
                     x[_sl(ax, 0, w.new_from, x.ndim)] = prev_i
+            if w.wrap and wrap_src is not None:
+                if wrap_src == "live":
+                    part = self._slice(y_now[0], 0, w.wrap)
+                else:
+                    part = wrap_src(i) if callable(wrap_src) else wrap_src[i]
+                x[_sl(ax, w.new_to, w.size, x.ndim)] = part
             if has_given[b]:
                 if given_traj is not None:
                     gx = given_traj[1][i][(given_traj[0] == b).nonzero()[0, 0]]
@@ -392,11 +448,15 @@ class Engine:
             return x
 
         # initial latents from the position-keyed noise field
-        y = sch.initial_state(torch.stack([self.noise(w.start, w.stop) for w in group]))
+        y = sch.initial_state(torch.stack([self._initial_noise(w) for w in group]))
         last = group[-1]
         nxt = self.plan.windows[k0 + G] if k0 + G < len(self.plan) else None
         keep_traj = cfg.observed == "trajectory" and nxt is not None and not plain
         traj = []
+        # loops: the first window's columns that the last window (in a later group) will observe
+        keep_first = (self.plan.loop and k0 == 0 and k0 + G < len(self.plan) and not plain
+                      and cfg.observed == "trajectory")
+        first_traj, n_hold = [], self.plan.hold
         steps = range(N)
         if self.progress is not None:
             steps = self.progress(steps, desc=f"windows {k0}-{k0 + G - 1}", leave=False)
@@ -405,6 +465,8 @@ class Engine:
             if keep_traj:
                 d = nxt.start - last.start
                 traj.append(self._slice(y[-1], d, d + nxt.new_from).clone())
+            if keep_first:
+                first_traj.append(self._slice(y[0], 0, n_hold).clone())
             prev_i = overlap_from_prev(i) if prev_src is not None else None
             if plain:
                 y = step(ev, sch, i, y, y, mask, act, cfg.w1, cfg.w2, gen)
@@ -424,6 +486,10 @@ class Engine:
                 x0[b][_sl(ax, 0, w.new_from, x0.ndim - 1)] = self._carry(
                     self._slice(src, d, d + w.new_from), d,
                     params[b - 1] if b > 0 else self.prev_params, params[b], 1.0)
+            for b, w in enumerate(group):  # loops: the first window's start, finished
+                if w.wrap:
+                    first = y[0] if k0 == 0 else self.first_final
+                    x0[b][_sl(ax, w.new_to, w.size, x0.ndim - 1)] = self._slice(first, 0, w.wrap)
             x0 = torch.where(given_known.bool(), given_x0, x0)
             y = torch.where(mask.bool(), y, x0)
         if cfg.paste_given and has_given.any():
@@ -431,6 +497,11 @@ class Engine:
         self.forwards += ev.calls + cond_ev.calls
         self.prev_final = y[-1].clone()   # in its own window's coordinates
         self.prev_traj = traj if keep_traj else None
+        if self.plan.loop and k0 == 0:
+            self.first_final = y[0].clone()
+            self.first_traj = first_traj if keep_first else None
+        elif wrap_b is not None:  # the loop is closed: nothing later needs the first window
+            self.first_final = self.first_traj = None
         if self.wt is not None:
             self.prev_params = params[-1]
             y = torch.stack([self.wt.from_window(y[b], params[b]) for b in range(G)])

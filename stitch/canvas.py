@@ -18,6 +18,13 @@ Merge modes:
 
 Windows must arrive with non-decreasing starts and must not leave gaps (a window starts at or
 before the written extent), so every position in `[done, written)` is defined.
+
+Loops (`hold` > 0): the canvas is a circle, and the last window may run up to `hold` positions
+past the end onto positions `[0, hold)`. Those positions are not handed out when they are
+finished but kept aside (the head) until that window is in; `finish_head()` hands them out last.
+The wrapping part merges by the same rule, with the roles mirrored: under ``paste`` the first
+window keeps them, under ``feather`` the ramp falls from the new window (left, across the edge)
+to the old content, under ``average`` it is one more term of the average.
 """
 
 from __future__ import annotations
@@ -64,7 +71,8 @@ def feather_ramp(overlap: int, feather: int | None, dtype: torch.dtype) -> Tenso
 class Canvas:
     """Merge window latents along one long axis and release finished chunks (see module doc)."""
 
-    def __init__(self, length: int, axis: int, mode: str = "paste", feather: int | None = None):
+    def __init__(self, length: int, axis: int, mode: str = "paste", feather: int | None = None,
+                 hold: int = 0):
         if not isinstance(length, int) or length < 1:
             raise ValueError(f"length must be a positive int, got {length!r}")
         if not isinstance(axis, int) or axis >= 0:
@@ -73,7 +81,13 @@ class Canvas:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if feather is not None and (mode != "feather" or not isinstance(feather, int) or feather < 0):
             raise ValueError(f"feather must be None or an int >= 0 and needs mode 'feather'; got feather={feather!r}, mode={mode!r}")
+        if isinstance(hold, bool) or not isinstance(hold, int) or not 0 <= hold < length:
+            raise ValueError(f"hold must be an int in [0, {length}), got {hold!r}")
         self.length = length
+        self.hold = hold
+        self._head: Tensor | None = None  # raw values of [0, hold) once finished (loops)
+        self._head_count: Tensor | None = None
+        self.head_done = False
         self.axis = axis
         self.mode = mode
         self.feather = feather
@@ -101,8 +115,12 @@ class Canvas:
             raise ValueError(f"start={start} is before the previous window's start {self.last_start}; starts must be non-decreasing")
         if start > self.written:
             raise ValueError(f"start={start} leaves a gap after the written extent {self.written}; windows must overlap or touch it")
-        if start + size > self.length:
-            raise ValueError(f"window [{start}, {start + size}) runs past the canvas length {self.length}")
+        if start + size > self.length + self.hold:
+            more = f" + the {self.hold} positions a loop wraps onto" if self.hold else ""
+            raise ValueError(f"window [{start}, {start + size}) runs past the canvas length {self.length}{more}")
+        if start + size > self.length and self.written < start + size - self.length:
+            raise ValueError(f"window [{start}, {start + size}) wraps onto [0, {start + size - self.length}), "
+                             f"which nothing has written yet")
         if self._values is not None:
             have = list(self._values.shape)
             got = list(latent.shape)
@@ -120,7 +138,10 @@ class Canvas:
     # ---------------------------------------------------------------- writing
     def add(self, start: int, latent: Tensor) -> None:
         """Merge one window whose first position along `axis` is `start`."""
-        size = self._check_window(start, latent)
+        full = self._check_window(start, latent)
+        size = min(full, self.length - start)  # the part beyond the end wraps onto [0, hold)
+        wrapped = latent.narrow(self.axis, size, full - size) if full > size else None
+        latent = latent.narrow(self.axis, 0, size)
         end = start + size
         ax = self.axis
         if self._values is None:
@@ -148,6 +169,30 @@ class Canvas:
                 self._values.narrow(ax, lo + overlap, grow).copy_(latent.narrow(ax, overlap, grow))
         self.written = max(self.written, end)
         self.last_start = start
+        if wrapped is not None:
+            self._merge_wrap(wrapped)
+
+    def _merge_wrap(self, part: Tensor) -> None:
+        """Merge a loop's wrapping part into positions [0, n): those already finished sit in the
+        head, the rest (when the whole loop is one group) still in the live buffer."""
+        ax, n = self.axis, part.shape[self.axis]
+        a = None
+        if self.mode == "feather":  # the new window comes from the left: its weight falls
+            a = _along(feather_ramp(n, self.feather, part.dtype).flip(0).to(part.device), ax)
+        in_head = min(self.done, n)
+        segments = []  # (buffer, counts, first buffer index, first part index, length)
+        if in_head:
+            segments.append((self._head, self._head_count, 0, 0, in_head))
+        if n > in_head:  # then in_head == done: position p sits at buffer index p - done
+            segments.append((self._values, self._count, 0, in_head, n - in_head))
+        for buf, cnt, b0, p0, k in segments:
+            old, new = buf.narrow(ax, b0, k), part.narrow(ax, p0, k)
+            if self.mode == "average":
+                old.add_(new.to(old.dtype))
+                cnt[b0:b0 + k] += 1
+            elif self.mode == "feather":
+                old.copy_(torch.lerp(old, new, a.narrow(ax, p0, k)))
+            # paste: the first window keeps its positions
 
     # ---------------------------------------------------------------- reading
     def _resolved(self, lo: int, n: int) -> Tensor:
@@ -165,7 +210,8 @@ class Canvas:
         return self._resolved(start - self.done, stop - start)
 
     def finish(self, upto: int | None = None) -> Tensor | None:
-        """Hand out `[done, upto)` (default: all written) and drop it from memory; None if empty."""
+        """Hand out `[done, upto)` (default: all written) and drop it from memory; None if empty.
+        Loops: positions below `hold` go to the head instead; the chunk is `[max(done, hold), upto)`."""
         upto = self.written if upto is None else upto
         if not isinstance(upto, int):
             raise ValueError(f"upto must be an int, got {upto!r}")
@@ -173,11 +219,30 @@ class Canvas:
         n = upto - self.done
         if n == 0:
             return None
-        chunk = self._resolved(0, n)
+        keep = max(0, min(upto, self.hold) - self.done)  # loops: positions the last window wraps onto
+        if keep:
+            vals, cnt = self._values.narrow(self.axis, 0, keep).clone(), self._count[:keep].clone()
+            self._head = vals if self._head is None else torch.cat([self._head, vals], dim=self.axis)
+            self._head_count = cnt if self._head_count is None else torch.cat([self._head_count, cnt])
+        chunk = self._resolved(keep, n - keep) if n > keep else None
         self._values = _drop_front(self._values, self.axis, n)
         self._count = self._count[n:].clone()
         self.done = upto
         return chunk
+
+    def finish_head(self) -> Tensor | None:
+        """Loops: hand out the held positions `[0, hold)` once everything else is out (None if
+        there is no head)."""
+        if self.hold == 0 or self.head_done:
+            return None
+        if self.done != self.length:
+            raise ValueError(f"finish_head before the canvas is finished ({self.done} of {self.length})")
+        vals = self._head
+        if self.mode == "average":
+            vals = (vals / _along(self._head_count.to(vals.dtype), self.axis)).to(self._dtype)
+        self._head = self._head_count = None
+        self.head_done = True
+        return vals
 
     @property
     def buffered(self) -> int:
@@ -195,7 +260,12 @@ class Canvas:
             "done": self.done,
             "written": self.written,
             "last_start": self.last_start,
+            "hold": self.hold,
+            "head_done": int(self.head_done),
         }
+        if self._head is not None:
+            d["head"] = self._head.clone()
+            d["head_count"] = self._head_count.clone()
         if self._values is not None:
             d["values"] = self._values.clone()
             d["count"] = self._count.clone()
@@ -205,8 +275,12 @@ class Canvas:
     @classmethod
     def from_state_dict(cls, d: dict) -> "Canvas":
         feather = int(d["feather"])
-        canvas = cls(int(d["length"]), int(d["axis"]), str(d["mode"]), None if feather < 0 else feather)
+        canvas = cls(int(d["length"]), int(d["axis"]), str(d["mode"]), None if feather < 0 else feather,
+                     int(d.get("hold", 0)))
         canvas.done, canvas.written, canvas.last_start = int(d["done"]), int(d["written"]), int(d["last_start"])
+        canvas.head_done = bool(int(d.get("head_done", 0)))
+        if "head" in d:
+            canvas._head, canvas._head_count = d["head"].clone(), d["head_count"].clone()
         if "values" in d:
             dtype = getattr(torch, str(d["dtype"]), None)
             if not isinstance(dtype, torch.dtype):

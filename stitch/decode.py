@@ -68,9 +68,16 @@ class StreamingDecoder:
     returns the rest. Everything returned, concatenated, equals `tiled_decode` / a whole decode
     under the same receptive-field condition. Memory: the pending latents are at most the last
     chunk plus 2 * halo.
+
+    ``loop=True`` (a closed loop, e.g. a 360-degree panorama): the stream is a circle, its last
+    latent followed by its first again. The output of the first ``halo`` latents waits for the
+    end (its left context is the stream's end), and the first ``2 * halo`` latents are kept to
+    give the end its right context, so the circle decodes as if it had no ends. Everything
+    returned, concatenated, starts at stream position ``halo`` and goes once around the circle:
+    roll it right by ``halo`` positions to start at the stream's start.
     """
 
-    def __init__(self, decode: Decode, axis: int, halo: int, scale: int = 1):
+    def __init__(self, decode: Decode, axis: int, halo: int, scale: int = 1, loop: bool = False):
         _check_args(axis, halo, scale)
         self.decode = decode
         self.axis = axis
@@ -81,6 +88,10 @@ class StreamingDecoder:
         self.pending_start = 0  # absolute index of pending[0]
         self.pending: Tensor | None = None  # latents [pending_start, received) along axis
         self.flushed = False
+        self.loop = bool(loop)
+        self.ring: Tensor | None = None  # loops: the first 2 * halo latents, the end's right context
+        if self.loop:
+            self.emitted = halo  # the first halo outputs wait for the end's latents
 
     def _emit(self, upto: int) -> Tensor | None:
         """Decode and return latents [emitted, upto), then drop what no later output needs."""
@@ -112,6 +123,10 @@ class StreamingDecoder:
             if have != got:
                 raise ValueError(f"chunk shape {tuple(chunk.shape)} does not match earlier chunks {tuple(self.pending.shape)} outside axis {self.axis}")
             self.pending = torch.cat([self.pending, chunk], dim=self.axis)
+        if self.loop and (self.ring is None or self.ring.shape[self.axis] < 2 * self.halo):
+            want = 2 * self.halo - (0 if self.ring is None else self.ring.shape[self.axis])
+            more = chunk.narrow(self.axis, 0, min(want, chunk.shape[self.axis])).clone()
+            self.ring = more if self.ring is None else torch.cat([self.ring, more], dim=self.axis)
         self.received += chunk.shape[self.axis]
         return self._emit(self.received - self.halo)
 
@@ -120,7 +135,19 @@ class StreamingDecoder:
         if self.flushed:
             raise ValueError("flush called twice")
         self.flushed = True
-        return self._emit(self.received)
+        if not self.loop or self.halo == 0:
+            return self._emit(self.received)
+        n, h = self.received, self.halo
+        if n < 2 * h:
+            raise ValueError(f"a loop of {n} latents is shorter than twice the decode halo ({h}); "
+                             f"allowed: halo <= {n // 2}")
+        lo = max(self.pending_start, self.emitted - h)
+        piece = torch.cat([self.pending.narrow(self.axis, lo - self.pending_start, n - lo), self.ring],
+                          dim=self.axis)  # the circle unrolled: ... end | start ...
+        out = decode_span(self.decode, piece, self.axis, 0, piece.shape[self.axis],
+                          self.emitted - lo, n - lo + h, self.scale)
+        self.emitted = n
+        return out
 
     def state_dict(self) -> dict:
         """Pending latents and counters (tensors and ints) for a resume manifest."""
@@ -132,18 +159,22 @@ class StreamingDecoder:
             "emitted": self.emitted,
             "pending_start": self.pending_start,
             "flushed": int(self.flushed),
+            "loop": int(self.loop),
         }
         if self.pending is not None:
             d["pending"] = self.pending.clone()
+        if self.ring is not None:
+            d["ring"] = self.ring.clone()
         return d
 
     def load_state_dict(self, d: dict) -> None:
-        for key in ("axis", "halo", "scale"):
-            if int(d[key]) != getattr(self, key):
-                raise ValueError(f"state has {key}={int(d[key])}, this decoder has {getattr(self, key)}")
+        for key in ("axis", "halo", "scale", "loop"):
+            if int(d.get(key, 0)) != int(getattr(self, key)):
+                raise ValueError(f"state has {key}={int(d.get(key, 0))}, this decoder has {int(getattr(self, key))}")
         self.received, self.emitted = int(d["received"]), int(d["emitted"])
         self.pending_start, self.flushed = int(d["pending_start"]), bool(d["flushed"])
         self.pending = d["pending"].clone() if "pending" in d else None
+        self.ring = d["ring"].clone() if "ring" in d else None
         held = 0 if self.pending is None else self.pending.shape[self.axis]
         if held != self.received - self.pending_start:
             raise ValueError(f"state holds {held} pending latents, expected received - pending_start = {self.received - self.pending_start}")

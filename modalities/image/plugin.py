@@ -30,6 +30,18 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
                    help="another VAE (directory or hub id; AutoencoderTiny for fast previews)")
     p.add_argument("--local-files-only", action=argparse.BooleanOptionalAction, default=True,
                    help="read hub ids from the local cache only (default: %(default)s)")
+    p.add_argument("--lora", action="append", default=None, metavar="FILE[:SCALE]",
+                   help="a LoRA .safetensors for the model's family, loaded with diffusers' LoRA "
+                        "loaders into the UNet/transformer and text encoders as the file holds them; "
+                        "repeat for several (scale default 1)")
+
+
+def refuse_checkpoint_options(args) -> None:
+    """The builtin prior has no weights to adapt: checkpoint-only options are refused by name."""
+    for opt in ("lora", "controlnet", "control"):
+        if getattr(args, opt, None):
+            raise ValueError(f"--{opt} needs a checkpoint model (--model DIR); the builtin prior has "
+                             "no UNet or transformer to adapt")
 
 
 class Panorama:
@@ -44,6 +56,9 @@ class Panorama:
         p.add_argument("--stride", type=int, default=None, help="window stride in pixels (default: 3/4 of the window, 384 for 512)")
         p.add_argument("--prompt", default="", help="text prompt; 'a|b|c' = one prompt per window")
         p.add_argument("--negative-prompt", default=None)
+        p.add_argument("--loop", action="store_true",
+                       help="a 360-degree panorama: the right edge continues into the left edge (the "
+                            "last window observes the first one too; the decode wraps around)")
         p.add_argument("--decode-halo", type=int, default=8,
                        help="latents of context each side of a streamed VAE decode (default: %(default)s)")
         add_checkpoint_arguments(p)
@@ -55,6 +70,7 @@ class Panorama:
             from .sd_jobs import sd_panorama_job
 
             return sd_panorama_job(args)
+        refuse_checkpoint_options(args)
         from longgen.builtin import LatentRGB, image_prior
         from longgen.engine import Engine
         from longgen.priors import PriorDenoiser
@@ -63,9 +79,9 @@ class Panorama:
         window = check_pixels("window", args.window or 512)
         stride = check_pixels("stride", args.stride or window * 3 // 4)
         dtype = check_builtin_dtype(args)
-        from .sd_jobs import panorama_plan  # checks in pixels, so messages are in the user's units
+        from .sd_jobs import loop_roll, panorama_plan  # checks in pixels: messages in the user's units
 
-        plan = panorama_plan(args.width, args.height, window, stride, VAE_SCALE)
+        plan = panorama_plan(args.width, args.height, window, stride, VAE_SCALE, loop=args.loop)
         h = args.height // VAE_SCALE
         sch = builtin_scheduler()
         den = PriorDenoiser.for_scheduler(image_prior(height=h, width=plan.window), sch)
@@ -77,8 +93,10 @@ class Panorama:
         engine = Engine(den, sch, plan, (4, h, plan.window), -1, engine_config(args, guidance),
                         window_cond=window_cond, dtype=dtype)
         rgb = LatentRGB()
-        decoder = StreamingDecoder(lambda z: rgb.decode(z[None])[0], axis=-1, halo=1, scale=VAE_SCALE)
-        return Job(engine, decoder, PNGStripWriter(args.out), request_of(args), Path(args.out),
+        decoder = StreamingDecoder(lambda z: rgb.decode(z[None])[0], axis=-1, halo=1, scale=VAE_SCALE,
+                                   loop=plan.loop)
+        writer = PNGStripWriter(args.out, roll=loop_roll(plan, 1, VAE_SCALE))
+        return Job(engine, decoder, writer, request_of(args), Path(args.out),
                    info={"width": args.width, "height": args.height})
 
 
@@ -104,6 +122,7 @@ class Inpaint:
             from .sd_jobs import sd_inpaint_job
 
             return sd_inpaint_job(args)
+        refuse_checkpoint_options(args)
         from longgen.builtin import LatentRGB, image_prior
         from longgen.engine import Engine, Given
         from longgen.planner import plan_windows

@@ -74,7 +74,7 @@ import torch
 
 from longgen.cli import request_of
 from longgen.engine import Engine, EngineConfig, Given
-from longgen.planner import Plan, plan_windows
+from longgen.planner import Plan, plan_loop, plan_windows
 from longgen.run import Job
 from longgen.stitch import StreamingDecoder
 
@@ -111,9 +111,21 @@ def _load_dit(cls_name: str, path, **kw):
 
 
 def load_model(model: str | Path, *, dtype: str = "fp32", device: str = "cpu",
-               local_files_only: bool = True, vae: Any = None):
+               local_files_only: bool = True, vae: Any = None, lora: Any = ()):
     """An :class:`SDModel`, :class:`~.flux.FluxModel` or :class:`~.sd3.SD3Model`, whichever the
-    checkpoint's model_index.json names (a directory without one, or a hub id, is read as SD)."""
+    checkpoint's model_index.json names (a directory without one, or a hub id, is read as SD).
+    ``lora``: ``FILE[:SCALE]`` strings or (path, scale) pairs, loaded with diffusers' LoRA loaders
+    (:func:`~.adapters.apply_loras`)."""
+    from .adapters import apply_loras, check_lora_files, parse_lora
+
+    specs = [parse_lora(s) if isinstance(s, str) else s for s in (lora or ())]  # checked before loading
+    if specs and isinstance(model, (str, Path)):
+        check_lora_files(specs, model)
+    return apply_loras(_load_model(model, dtype=dtype, device=device,
+                                   local_files_only=local_files_only, vae=vae), specs)
+
+
+def _load_model(model, *, dtype, device, local_files_only, vae):
     from .dit import pipeline_class
 
     path = Path(model).expanduser()
@@ -202,9 +214,11 @@ def _check_multiple(name: str, value: int, f: int) -> int:
 
 
 def panorama_plan(width: int, height: int, window: int, stride: int, f: int = 8,
-                  multiple: int | None = None) -> Plan:
+                  multiple: int | None = None, loop: bool = False) -> Plan:
     """Windows (latent units, ``f`` px each) for a ``width`` x ``height`` panorama of
-    ``window``-px windows; sizes must be multiples of ``multiple`` px (default ``f``; FLUX: 16)."""
+    ``window``-px windows; sizes must be multiples of ``multiple`` px (default ``f``; FLUX: 16).
+    ``loop``: a 360-degree panorama whose right edge continues into its left edge
+    (:func:`longgen.planner.plan_loop`)."""
     m = multiple or f
     _check_multiple("width", width, m)
     _check_multiple("height", height, m)
@@ -216,7 +230,20 @@ def panorama_plan(width: int, height: int, window: int, stride: int, f: int = 8,
     if width < window:
         raise ValueError(f"width {width} px is narrower than one window ({window} px); "
                          f"allowed: width >= {window}")
+    if loop:
+        if width <= window:
+            raise ValueError(f"--loop needs a canvas wider than one window: width {width} px = the "
+                             f"window ({window} px); allowed: width > {window}")
+        if 2 * stride <= window:
+            raise ValueError(f"--loop needs a stride above half the window: stride {stride} px, window "
+                             f"{window} px; allowed: stride > {window // 2}")
+        return plan_loop(width // f, window // f, stride // f)
     return plan_windows(width // f, window // f, stride // f)
+
+
+def loop_roll(plan: Plan, halo: int, f: int) -> int:
+    """Pixels a loop's decoded stream is rolled by (it starts at latent ``hold + halo``), 0 otherwise."""
+    return (plan.hold + halo) * f if plan.loop else 0
 
 
 def default_stride(window: int, f: int = 8) -> int:
@@ -235,14 +262,15 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
                    *, window: int | None = None, stride: int | None = None,
                    negative_prompt: str | None = None, halo: int = DECODE_HALO,
                    device: str | torch.device | None = None,
-                   latents: torch.Tensor | None = None) -> tuple[Engine, StreamingDecoder]:
+                   latents: torch.Tensor | None = None,
+                   loop: bool = False) -> tuple[Engine, StreamingDecoder]:
     """The engine and streaming decoder of a panorama; ``prompts`` has 1 or one per window;
-    ``latents`` (C, height/8, width/8): the initial noise, given."""
+    ``latents`` (C, height/8, width/8): the initial noise, given; ``loop``: 360 degrees."""
     f = sd.vae_scale_factor
     window = sd.image_size if window is None else window
     den, sched, config, multiple = engine_model(sd, config, height, window)
     stride = default_stride(window, multiple) if stride is None else stride
-    plan = panorama_plan(width, height, window, stride, f, multiple)
+    plan = panorama_plan(width, height, window, stride, f, multiple, loop=loop)
     if len(prompts) not in (1, len(plan)):
         raise ValueError(f"{len(prompts)} prompts for {len(plan)} windows; give one prompt or one "
                          "per window")
@@ -263,7 +291,8 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
     engine = Engine(den, sched, plan, shape, -1, config, window_cond=window_cond,
                     dtype=torch.float32, device=device if device is not None else sd.device,
                     latents=latents)
-    decoder = StreamingDecoder(lambda z: sd.vae_decode(z[None])[0], axis=-1, halo=halo, scale=f)
+    decoder = StreamingDecoder(lambda z: sd.vae_decode(z[None])[0], axis=-1, halo=halo, scale=f,
+                               loop=plan.loop)
     return engine, decoder
 
 
@@ -286,7 +315,7 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
              blend: str = "feather", generator: torch.Generator | None = None,
              seed: int | None = None, halo: int = DECODE_HALO,
              callback: Callable[[int, torch.Tensor], None] | None = None,
-             latents: torch.Tensor | None = None, output_type: str = "pil"):
+             latents: torch.Tensor | None = None, output_type: str = "pil", loop: bool = False):
     """A ``width`` x ``height`` panorama as a ``PIL.Image`` (``output_type="pil"``), a float32
     ``(H, W, 3)`` array in [0, 1] (``"np"``) or the final latent ``(C, H/8, W/8)`` (``"latent"``).
 
@@ -297,6 +326,8 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
     ``(C, h, n)``, with the index of the last window it waited for. The same arguments give the
     same pixels as ``longgen panorama``. ``latents``: the initial noise of the whole panorama,
     ``(C, height/8, width/8)``, used instead of the seeded noise (nothing is drawn for Y_T).
+    ``loop``: a 360-degree panorama, its right edge continuing into its left edge (the chunks
+    given to ``callback`` then start after the wrapped part and end with it).
     """
     check_output_type(output_type)
     sd = as_sd_model(model)
@@ -308,7 +339,8 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
     else:
         prompts = list(prompt)
     engine, decoder = panorama_parts(sd, prompts, width, height, cfg, window=window, stride=stride,
-                                     negative_prompt=negative_prompt, halo=halo, latents=latents)
+                                     negative_prompt=negative_prompt, halo=halo, latents=latents,
+                                     loop=loop)
     parts, lats = [], []
     for chunk in engine:
         if callback is not None:
@@ -319,19 +351,35 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
         media = decoder.push(chunk.latent)
         if media is not None:
             parts.append(media)
-    if output_type == "latent":
-        return torch.cat(lats, dim=-1)
+    if output_type == "latent":  # a loop's chunks start at hold: roll them back
+        return torch.cat(lats, dim=-1).roll(engine.plan.hold, dims=-1)
     tail = decoder.flush()
     if tail is not None:
         parts.append(tail)
-    return image_output(torch.cat(parts, dim=-1), output_type)
+    img = torch.cat(parts, dim=-1)
+    shift = loop_roll(engine.plan, decoder.halo, decoder.scale)
+    return image_output(img.roll(shift, dims=-1) if shift else img, output_type)
 
 
 def _load_for(args):
     resolve_dtype(args.dtype, args.device)  # fp16 on a CPU fails before any loading
     return load_model(args.model, dtype=args.dtype, device=args.device,
                       local_files_only=getattr(args, "local_files_only", True),
-                      vae=getattr(args, "vae", None))
+                      vae=getattr(args, "vae", None), lora=getattr(args, "lora", None) or ())
+
+
+def checkpoint_request(args) -> dict:
+    """The resume request of a checkpoint job: the arguments, and the sha256 of the files they
+    name whose content shapes the output (LoRA files, a control image), so that a resume with a
+    changed file is refused as a different request."""
+    from .adapters import file_digests, parse_lora
+
+    req = request_of(args)
+    if getattr(args, "lora", None):
+        req["lora_sha256"] = file_digests([parse_lora(s)[0] for s in args.lora])
+    if getattr(args, "control", None):
+        req["control_sha256"] = file_digests([args.control])
+    return req
 
 
 def _check_window_args(args) -> None:
@@ -356,16 +404,18 @@ def sd_panorama_job(args) -> Job:
     stride = args.stride or default_stride(window, multiple)
     if args.stride is None and stride <= 0:
         raise ValueError(f"--window {window} is too small for a 3/4 stride; give --stride")
-    plan = panorama_plan(args.width, args.height, window, stride, sd.vae_scale_factor, multiple)
+    loop = getattr(args, "loop", False)
+    plan = panorama_plan(args.width, args.height, window, stride, sd.vae_scale_factor, multiple, loop=loop)
     prompts = split_prompts(args.prompt, len(plan))
     guidance = default_guidance(sd, args.guidance)
     engine, decoder = panorama_parts(
         sd, prompts, args.width, args.height, engine_config(args, guidance), window=window,
         stride=stride, negative_prompt=args.negative_prompt,
-        halo=getattr(args, "decode_halo", DECODE_HALO), device=args.device)
+        halo=getattr(args, "decode_halo", DECODE_HALO), device=args.device, loop=loop)
     info = {"width": args.width, "height": args.height, "window": window, "stride": stride,
             "unet_forwards": unet_forwards(args.method, args.steps, len(plan), args.group)}
-    return Job(engine, decoder, PNGStripWriter(args.out), request_of(args), Path(args.out), info=info)
+    writer = PNGStripWriter(args.out, roll=loop_roll(plan, decoder.halo, decoder.scale))
+    return Job(engine, decoder, writer, checkpoint_request(args), Path(args.out), info=info)
 
 
 # --------------------------------------------------------------------------- inpainting
@@ -521,4 +571,4 @@ def sd_inpaint_job(args) -> Job:
     base = 1 if args.method in ("alm-fused", "syncsde", "replace", "ddim", "ddpm") else 2
     inv = args.steps if (args.given_path == "invert" and args.method not in ("ddim", "ddpm")) else 0
     info = {"width": W, "height": H, "unet_forwards": inv + base * args.steps}
-    return Job(engine, decoder, writer, request_of(args), Path(args.out), info=info)
+    return Job(engine, decoder, writer, checkpoint_request(args), Path(args.out), info=info)

@@ -31,10 +31,15 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 class PNGStripWriter:
     """Finished strips as ``strip_NNNNN.png`` in the work directory, each with its sha256 in the
-    state; on resume every strip of the state is verified before anything is touched."""
+    state; on resume every strip of the state is verified before anything is touched.
 
-    def __init__(self, out: Path):
+    ``roll``: the strips, side by side, are the panorama rolled left by that many pixels (a loop's
+    stream starts inside the canvas, :class:`longgen.stitch.StreamingDecoder` ``loop=True``); the
+    final PNG rolls them back."""
+
+    def __init__(self, out: Path, roll: int = 0):
         self.out = Path(out)
+        self.roll = int(roll)
         self.work: Path | None = None
         self.strips = 0
         self.width = 0
@@ -90,7 +95,8 @@ class PNGStripWriter:
                 for p in paths:
                     with Image.open(p) as im:
                         parts.append(np.asarray(im.convert("RGB").crop((0, top, im.size[0], bottom))))
-                yield np.concatenate(parts, axis=1)
+                rows = np.concatenate(parts, axis=1)
+                yield np.roll(rows, self.roll, axis=1) if self.roll else rows
 
         tmp = self.out.with_name(self.out.name + ".tmp.png")
         try:
