@@ -10,7 +10,6 @@ float32 modules; what differs is the order of a few operations.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -11,7 +11,6 @@ the range of the interior boundaries' scores, and that the edge without ``--loop
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -26,7 +26,6 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 LORA_FAMILIES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "flux": "FLUX.1", "sd3": "SD3"}
 ASPECT_TOLERANCE = 0.02   # relative difference of width/height allowed between control image and canvas
