@@ -10,6 +10,7 @@ float32 modules; what differs is the order of a few operations.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -133,4 +134,127 @@ def test_lora_for_another_family_is_refused_naming_both(tiny_sd_path, tiny_sdxl_
         err = capsys.readouterr().err.strip().splitlines()
         err = [e for e in err if not e.startswith("[transformers]")]
         assert rc == 2 and len(err) == 1 and msg in err[0], (spec, err)
+        assert not out.exists()
+
+
+# --------------------------------------------------------------------------- ControlNet
+
+
+@pytest.fixture(scope="module")
+def tiny_controlnet(tiny_sd_path, tmp_path_factory) -> Path:  # noqa: F811
+    """A ControlNetModel from the tiny UNet's config and weights (``from_unet``), its zero-initialised
+    output convolutions filled with small random weights so that it changes the UNet's output."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(tiny_sd_path), subfolder="unet")
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16))
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for mod in [*cn.controlnet_down_blocks, cn.controlnet_mid_block, cn.controlnet_cond_embedding.conv_out]:
+            for prm in mod.parameters():
+                prm.copy_(0.2 * torch.randn(prm.shape, generator=g))
+    folder = tmp_path_factory.mktemp("controlnet")
+    cn.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def _control_png(path: Path, w: int, h: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_controlnet_one_window_equals_diffusers_pipeline(tiny_sd_path, tiny_controlnet, tmp_path):  # noqa: F811
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    control = Image.open(_control_png(tmp_path / "c.png", 128, 128))
+    base = _pipe(tiny_sd_path)
+    cn = ControlNetModel.from_pretrained(str(tiny_controlnet))
+    pipe = StableDiffusionControlNetPipeline(**base.components, controlnet=cn, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(PROMPT, image=control, height=128, width=128, num_inference_steps=4, guidance_scale=7.5,
+               controlnet_conditioning_scale=0.8, latents=_noise(3), output_type="np").images[0]
+    sd = load_model(tiny_sd_path)
+    ours = panorama(sd, PROMPT, 128, 128, steps=4, method="ddim", seed=3, output_type="np",
+                    controlnet=str(tiny_controlnet), control_image=control, controlnet_conditioning_scale=0.8)
+    assert np.abs(ours - ref).max() <= 1e-4
+    plain = panorama(sd, PROMPT, 128, 128, steps=4, method="ddim", seed=3, output_type="np")
+    assert np.abs(plain - ref).max() > 1e-2  # the ControlNet changes the picture
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_each_window_gets_its_own_crop_of_the_control_image(tiny_sd_path, tiny_controlnet, tmp_path,  # noqa: F811
+                                                            capsys, loop):
+    """A 384 x 128 canvas of 128-px windows (4 windows, ALM, group 1): a hook on the ControlNet
+    sees in every forward, in every row (guided, unguided, blended), exactly the crop of the
+    control image under the window being sampled -- resized once to the canvas; around a loop the
+    closing window's crop continues at the image's left edge."""
+    from diffusers import ControlNetModel
+
+    from longgen.modalities.image.adapters import control_tensor
+    from longgen.modalities.image.sd_jobs import panorama_plan
+
+    src = _control_png(tmp_path / "wide.png", 768, 256, seed=1)   # 2x the canvas, same aspect
+    full = control_tensor(src, 384, 128)
+    plan = panorama_plan(384, 128, 128, 96, 8, loop=loop)
+    crops = []
+    for w in plan.windows:
+        px = torch.arange(w.start * 8, w.stop * 8) % 384
+        crops.append(full[..., px])
+    seen = []
+
+    def hook(module, args, kwargs):
+        cond = kwargs["controlnet_cond"]
+        hits = [k for k, c in enumerate(crops) if all(torch.equal(row, c[0]) for row in cond)]
+        seen.append(hits[0] if len(hits) == 1 else -1)
+
+    orig = ControlNetModel.forward  # the inputs are keyword arguments: wrap forward itself
+
+    def spy(self, *a, **kw):
+        hook(self, a, kw)
+        return orig(self, *a, **kw)
+
+    ControlNetModel.forward = spy
+    try:
+        out = tmp_path / "cn.png"
+        argv = ["panorama", "--model", str(tiny_sd_path), "--width", "384", "--height", "128", "--steps", "3",
+                "--controlnet", str(tiny_controlnet), "--control", str(src), "--prompt", PROMPT,
+                "--out", str(out), "--no-progress"] + (["--loop"] if loop else [])
+        assert main(argv) == 0
+    finally:
+        ControlNetModel.forward = orig
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["windows"] == len(plan) == 4
+    assert -1 not in seen                                   # every row is one window's crop
+    assert seen == sorted(seen) and sorted(set(seen)) == list(range(len(plan)))
+    assert len(seen) == info["unet_forwards"]               # one ControlNet call per UNet forward
+    plain = tmp_path / "plain.png"
+    argv = ["panorama", "--model", str(tiny_sd_path), "--width", "384", "--height", "128", "--steps", "3",
+            "--prompt", PROMPT, "--out", str(plain), "--no-progress"] + (["--loop"] if loop else [])
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert not np.array_equal(_png(out), _png(plain))
+
+
+def test_controlnet_bad_input_is_refused(tiny_sd_path, tiny_controlnet, tmp_path, capsys):  # noqa: F811
+    square = _control_png(tmp_path / "sq.png", 128, 128)
+    xl = tmp_path / "xl_cn"
+    xl.mkdir()
+    (xl / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel", "cross_attention_dim": 2048,
+                                                "addition_embed_type": "text_time"}))
+    base = ["panorama", "--model", str(tiny_sd_path), "--width", "384", "--height", "128", "--steps", "1"]
+    cases = [
+        ([*base, "--controlnet", str(tiny_controlnet), "--control", str(square)],
+         f"--control {square} is 128x128 (aspect 1.000) but the canvas is 384x128 (aspect 3.000)"),
+        ([*base, "--controlnet", str(xl), "--control", str(square)],
+         f"--controlnet {xl} is for SDXL (cross-attention width 2048); the model is SD (cross-attention width 32)"),
+        ([*base, "--controlnet", str(tiny_controlnet)], "--controlnet DIR and --control IMAGE go together"),
+        (["panorama", "--controlnet", str(tiny_controlnet), "--control", str(square)],
+         "--controlnet needs a checkpoint model (--model DIR)"),
+    ]
+    for argv, msg in cases:
+        out = tmp_path / "o.png"
+        rc = main([*argv, "--out", str(out), "--no-progress"])
+        err = [e for e in capsys.readouterr().err.strip().splitlines() if not e.startswith("[transformers]")]
+        assert rc == 2 and len(err) == 1 and msg in err[0], (argv, err)
         assert not out.exists()

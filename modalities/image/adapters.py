@@ -198,3 +198,92 @@ def file_digests(paths: Sequence[Path]) -> list[str]:
     from longgen.run import sha256_file
 
     return [sha256_file(Path(p)) for p in paths]
+
+
+# --------------------------------------------------------------------------- ControlNet
+
+
+def _controlnet_config(path: str | Path) -> dict:
+    from .sd import _read_json
+
+    p = Path(path).expanduser()
+    if not (p / "config.json").is_file():
+        raise ValueError(f"--controlnet {path}: not a diffusers ControlNet directory (no config.json)")
+    return _read_json(p / "config.json")
+
+
+def _describe_unet(cross: Any, sdxl: bool) -> str:
+    kind = "SDXL" if sdxl else _CROSS_WIDTHS.get(cross, "SD")
+    return f"{kind} (cross-attention width {cross})"
+
+
+def check_controlnet(path: str | Path, family: str | None, cross: int | None) -> None:
+    """Refuse a ControlNet that is not for this family (``family``: "sd" / "sdxl" / "flux" /
+    "sd3"; ``cross``: the UNet's cross-attention width), before anything heavy is loaded."""
+    cfg = _controlnet_config(path)
+    cls = cfg.get("_class_name")
+    if family in ("flux", "sd3"):
+        raise ValueError(f"--controlnet: ControlNets for {LORA_FAMILIES[family]} are not supported yet "
+                         "(SD 1.x/2.x and SDXL ControlNetModel are)")
+    if cls != "ControlNetModel":
+        raise ValueError(f"--controlnet {path} is a {cls}; the model is {LORA_FAMILIES.get(family, 'SD')} "
+                         "and takes a ControlNetModel")
+    cn_sdxl = cfg.get("addition_embed_type") == "text_time"
+    if family is not None and (cn_sdxl != (family == "sdxl") or (cross is not None and cfg.get("cross_attention_dim") != cross)):
+        raise ValueError(f"--controlnet {path} is for {_describe_unet(cfg.get('cross_attention_dim'), cn_sdxl)}; "
+                         f"the model is {_describe_unet(cross, family == 'sdxl')}")
+
+
+def load_controlnet(path: str | Path, model: Any):
+    """A diffusers ``ControlNetModel`` for ``model`` (an SDModel), in its dtype and on its device."""
+    from diffusers import ControlNetModel
+
+    from .sd import _dtype_kwargs
+
+    family = model_family(model)
+    cross = int(model.unet.config.cross_attention_dim) if family in ("sd", "sdxl") else None
+    check_controlnet(path, family, cross)
+    cn = ControlNetModel.from_pretrained(str(Path(path).expanduser()), **_dtype_kwargs("diffusers", model.dtype))
+    return cn.to(model.device).eval()
+
+
+def check_control_aspect(size: tuple[int, int], width: int, height: int, what: str = "control image") -> None:
+    """Refuse a control image (``size`` = (w, h) px) whose aspect is not the canvas's within
+    :data:`ASPECT_TOLERANCE`: resizing it to the canvas would stretch it."""
+    w, h = size
+    if abs((w / h) / (width / height) - 1) > ASPECT_TOLERANCE:
+        raise ValueError(f"{what} is {w}x{h} (aspect {w / h:.3f}) but the canvas is {width}x{height} "
+                         f"(aspect {width / height:.3f}); it is resized to the canvas, so its aspect "
+                         f"must match within {ASPECT_TOLERANCE:.0%}: give a {width}x{height} image or "
+                         "one of that shape")
+
+
+def control_tensor(image: Any, width: int, height: int, vae_scale_factor: int = 8):
+    """A control image (path or PIL image) -> ``(1, 3, height, width)`` float32 in [0, 1], resized
+    to the canvas as diffusers' ControlNet pipelines prepare theirs (``do_normalize=False``)."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    from .inpainting import read_picture
+
+    if isinstance(image, (str, Path)):
+        if not Path(image).is_file():
+            raise ValueError(f"--control {image}: no such file")
+        name = f"control image {image}"
+        image = read_picture(Path(image), "control image", "RGB")
+    else:
+        name = "control image"
+    check_control_aspect(image.size, width, height, name)
+    proc = VaeImageProcessor(vae_scale_factor=vae_scale_factor, do_convert_rgb=True, do_normalize=False)
+    return proc.preprocess(image, height=height, width=width).float()
+
+
+def window_crop(control, start: int, size: int, length: int, f: int):
+    """The control pixels under a window of ``size`` latents at ``start`` (``f`` px per latent);
+    a loop's closing window continues at the canvas's left edge."""
+    import torch
+
+    stop = min(start + size, length)
+    crop = control[..., start * f:stop * f]
+    if start + size > length:
+        crop = torch.cat([crop, control[..., :(start + size - length) * f]], dim=-1)
+    return crop

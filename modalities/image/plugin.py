@@ -59,6 +59,13 @@ class Panorama:
         p.add_argument("--loop", action="store_true",
                        help="a 360-degree panorama: the right edge continues into the left edge (the "
                             "last window observes the first one too; the decode wraps around)")
+        p.add_argument("--controlnet", default=None, metavar="DIR",
+                       help="a diffusers ControlNetModel for the checkpoint (SD 1.x/2.x, SDXL); needs --control")
+        p.add_argument("--control", type=Path, default=None, metavar="IMAGE",
+                       help="the control image (canny, depth, tile, ...) of the whole canvas, resized to "
+                            "it; each window is conditioned on its own crop")
+        p.add_argument("--control-scale", type=float, default=1.0,
+                       help="ControlNet conditioning scale (default: %(default)s)")
         p.add_argument("--decode-halo", type=int, default=8,
                        help="latents of context each side of a streamed VAE decode (default: %(default)s)")
         add_checkpoint_arguments(p)

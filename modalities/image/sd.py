@@ -209,12 +209,20 @@ class SDDenoiser:
     ``cond`` is what :meth:`SDModel.encode_prompt` returns, or a :func:`cat_cond` batch of them:
     SD 1/2 a ``(B, 77, D)`` tensor; SDXL a dict with ``encoder_hidden_states (B, 77, D)``,
     ``text_embeds (B, P)`` and ``time_ids (B, 6)``. Parts with batch 1 are expanded to ``B``.
+
+    With a ``controlnet`` the condition is a dict that also holds ``control (B, 3, H, W)`` in
+    [0, 1] (each row its window's crop); the ControlNet sees the same latents, timestep, text
+    states (and SDXL's added conditions) as the UNet, and the UNet adds its residuals scaled by
+    ``control_scale``, as ``StableDiffusion(XL)ControlNetPipeline`` passes them.
     """
 
-    def __init__(self, unet, prediction_type: str = "epsilon", sdxl: bool = False):
+    def __init__(self, unet, prediction_type: str = "epsilon", sdxl: bool = False,
+                 controlnet=None, control_scale: float = 1.0):
         self.unet = unet
         self.prediction_type = check_prediction_type(prediction_type)
         self.sdxl = sdxl
+        self.controlnet = controlnet
+        self.control_scale = float(control_scale)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
@@ -233,9 +241,23 @@ class SDDenoiser:
                 "an SDXL UNet needs a dict condition with keys encoder_hidden_states, text_embeds, "
                 f"time_ids; got {sorted(cond) if isinstance(cond, dict) else type(cond).__name__}"
             )
+        x_in, ehs_in, residuals = x.to(device=dev, dtype=dt), _to(ehs, dev, dt), {}
+        if self.controlnet is not None:
+            control = cond.get("control") if isinstance(cond, dict) else None
+            if control is None:
+                raise ValueError("a ControlNet denoiser needs the window's control image in its "
+                                 "condition (key 'control')")
+            cn = self.controlnet
+            down, mid = cn(x_in.to(cn.dtype), t, encoder_hidden_states=ehs_in.to(cn.dtype),
+                           controlnet_cond=control.to(device=cn.device, dtype=cn.dtype),
+                           conditioning_scale=self.control_scale,
+                           added_cond_kwargs={k: v.to(cn.dtype) for k, v in added.items()} or None,
+                           return_dict=False)
+            residuals = {"down_block_additional_residuals": [d.to(dt) for d in down],
+                         "mid_block_additional_residual": mid.to(dt)}
         out = self.unet(
-            x.to(device=dev, dtype=dt), t, encoder_hidden_states=_to(ehs, dev, dt),
-            added_cond_kwargs=added or None, return_dict=False,
+            x_in, t, encoder_hidden_states=ehs_in,
+            added_cond_kwargs=added or None, return_dict=False, **residuals,
         )[0]
         return out.to(device=x.device, dtype=x.dtype)
 
@@ -301,6 +323,11 @@ class SDModel:
     @property
     def is_sdxl(self) -> bool:
         return self.text_encoder_2 is not None
+
+    def controlled(self, controlnet, scale: float = 1.0) -> SDDenoiser:
+        """This model's denoiser with a ControlNet (the UNet is shared, not copied)."""
+        return SDDenoiser(self.unet, self.prediction_type, sdxl=self.is_sdxl, controlnet=controlnet.eval(),
+                          control_scale=scale)
 
     @property
     def dtype(self) -> torch.dtype:

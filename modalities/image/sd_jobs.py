@@ -263,12 +263,23 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
                    negative_prompt: str | None = None, halo: int = DECODE_HALO,
                    device: str | torch.device | None = None,
                    latents: torch.Tensor | None = None,
-                   loop: bool = False) -> tuple[Engine, StreamingDecoder]:
+                   loop: bool = False, control: tuple | None = None) -> tuple[Engine, StreamingDecoder]:
     """The engine and streaming decoder of a panorama; ``prompts`` has 1 or one per window;
-    ``latents`` (C, height/8, width/8): the initial noise, given; ``loop``: 360 degrees."""
+    ``latents`` (C, height/8, width/8): the initial noise, given; ``loop``: 360 degrees;
+    ``control``: (ControlNetModel, control image (1, 3, height, width) in [0, 1], scale) -- each
+    window's condition gets its crop of the image."""
     f = sd.vae_scale_factor
     window = sd.image_size if window is None else window
     den, sched, config, multiple = engine_model(sd, config, height, window)
+    if control is not None:
+        if is_dit(sd):
+            raise ValueError(f"ControlNets for {type(sd).__name__} are not supported yet (SD 1.x/2.x "
+                             "and SDXL ControlNetModel are)")
+        cn, control_image, scale = control
+        if tuple(control_image.shape[-2:]) != (height, width):
+            raise ValueError(f"the control image is {tuple(control_image.shape[-2:])} px; the canvas is "
+                             f"{(height, width)}")
+        den = sd.controlled(cn, scale)
     stride = default_stride(window, multiple) if stride is None else stride
     plan = panorama_plan(width, height, window, stride, f, multiple, loop=loop)
     if len(prompts) not in (1, len(plan)):
@@ -281,11 +292,18 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
     uncond0 = None if uncond is None else _take(uncond, 0)
     extras = getattr(sd, "window_extras", lambda start: {})
 
+    def as_dict(c):
+        return c if isinstance(c, dict) else {"encoder_hidden_states": c}
+
     def window_cond(w):
-        c, more = _take(cond, row[per_window[w.index]]), extras(w.start)
+        c, more = _take(cond, row[per_window[w.index]]), dict(extras(w.start))
+        if control is not None:  # this window's crop, for the guided and the unguided row alike
+            from .adapters import window_crop
+
+            more["control"] = window_crop(control_image, w.start, w.size, plan.length, f)
         if more:
-            c = {**c, **more}
-            return c, (None if uncond0 is None else {**uncond0, **more})
+            c = {**as_dict(c), **more}
+            return c, (None if uncond0 is None else {**as_dict(uncond0), **more})
         return c, uncond0
     shape = (sd.latent_channels, height // f, plan.window)  # (C, h, window) latents
     engine = Engine(den, sched, plan, shape, -1, config, window_cond=window_cond,
@@ -315,7 +333,9 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
              blend: str = "feather", generator: torch.Generator | None = None,
              seed: int | None = None, halo: int = DECODE_HALO,
              callback: Callable[[int, torch.Tensor], None] | None = None,
-             latents: torch.Tensor | None = None, output_type: str = "pil", loop: bool = False):
+             latents: torch.Tensor | None = None, output_type: str = "pil", loop: bool = False,
+             controlnet: Any = None, control_image: Any = None,
+             controlnet_conditioning_scale: float = 1.0):
     """A ``width`` x ``height`` panorama as a ``PIL.Image`` (``output_type="pil"``), a float32
     ``(H, W, 3)`` array in [0, 1] (``"np"``) or the final latent ``(C, H/8, W/8)`` (``"latent"``).
 
@@ -328,6 +348,9 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
     ``(C, height/8, width/8)``, used instead of the seeded noise (nothing is drawn for Y_T).
     ``loop``: a 360-degree panorama, its right edge continuing into its left edge (the chunks
     given to ``callback`` then start after the wrapped part and end with it).
+    ``controlnet`` (a ``ControlNetModel`` or its directory) with ``control_image`` (a PIL image or
+    path of the canvas's aspect, resized to ``width`` x ``height``): every window is conditioned
+    on its own crop of it, scaled by ``controlnet_conditioning_scale``.
     """
     check_output_type(output_type)
     sd = as_sd_model(model)
@@ -338,9 +361,18 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
         prompts = [p.strip() for p in prompt.split("|")]
     else:
         prompts = list(prompt)
+    control = None
+    if (controlnet is None) != (control_image is None):
+        raise ValueError("controlnet and control_image go together; give both or neither")
+    if controlnet is not None:
+        from .adapters import control_tensor, load_controlnet
+
+        cn = load_controlnet(controlnet, sd) if isinstance(controlnet, (str, Path)) else controlnet
+        control = (cn, control_tensor(control_image, width, height, sd.vae_scale_factor),
+                   controlnet_conditioning_scale)
     engine, decoder = panorama_parts(sd, prompts, width, height, cfg, window=window, stride=stride,
                                      negative_prompt=negative_prompt, halo=halo, latents=latents,
-                                     loop=loop)
+                                     loop=loop, control=control)
     parts, lats = [], []
     for chunk in engine:
         if callback is not None:
@@ -393,12 +425,45 @@ def _check_window_args(args) -> None:
                          "so that windows overlap")
 
 
+def _check_control_args(args) -> None:
+    """--controlnet / --control checks that need no model: both given, the ControlNet's config
+    fits the checkpoint's family, the image's aspect fits the canvas."""
+    from .adapters import _controlnet_config, check_control_aspect, check_controlnet, checkpoint_family
+    from .inpainting import read_picture
+    from .sd import _read_json
+
+    cn, img = getattr(args, "controlnet", None), getattr(args, "control", None)
+    if cn is None and img is None:
+        return
+    if cn is None or img is None:
+        raise ValueError("--controlnet DIR and --control IMAGE go together; give both")
+    family = checkpoint_family(args.model)
+    unet_cfg = Path(args.model).expanduser() / "unet" / "config.json"
+    cross = _read_json(unet_cfg).get("cross_attention_dim") if unet_cfg.is_file() else None
+    _controlnet_config(cn)
+    check_controlnet(cn, family, cross)
+    if not Path(img).is_file():
+        raise ValueError(f"--control {img}: no such file")
+    check_control_aspect(read_picture(Path(img), "control image", "RGB").size, args.width, args.height,
+                         f"--control {img}")
+    if not math.isfinite(args.control_scale):
+        raise ValueError(f"--control-scale must be a finite number, got {args.control_scale}")
+
+
 def sd_panorama_job(args) -> Job:
     """The :class:`~longgen.run.Job` of ``longgen panorama --model <checkpoint>``."""
     from .writers import PNGStripWriter
 
     _check_window_args(args)
+    _check_control_args(args)
     sd = _load_for(args)
+    control = None
+    if getattr(args, "controlnet", None):
+        from .adapters import control_tensor, load_controlnet
+
+        control = (load_controlnet(args.controlnet, sd),
+                   control_tensor(args.control, args.width, args.height, sd.vae_scale_factor),
+                   args.control_scale)
     window = args.window or sd.image_size
     multiple = sd.pixel_multiple if is_dit(sd) else sd.vae_scale_factor
     stride = args.stride or default_stride(window, multiple)
@@ -411,7 +476,7 @@ def sd_panorama_job(args) -> Job:
     engine, decoder = panorama_parts(
         sd, prompts, args.width, args.height, engine_config(args, guidance), window=window,
         stride=stride, negative_prompt=args.negative_prompt,
-        halo=getattr(args, "decode_halo", DECODE_HALO), device=args.device, loop=loop)
+        halo=getattr(args, "decode_halo", DECODE_HALO), device=args.device, loop=loop, control=control)
     info = {"width": args.width, "height": args.height, "window": window, "stride": stride,
             "unet_forwards": unet_forwards(args.method, args.steps, len(plan), args.group)}
     writer = PNGStripWriter(args.out, roll=loop_roll(plan, decoder.halo, decoder.scale))
