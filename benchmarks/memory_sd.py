@@ -46,6 +46,7 @@ import functools, json, sys, torch
 torch.set_num_threads(1)
 from diffusers import DDIMScheduler, StableDiffusionPanoramaPipeline
 model, width, height, steps, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+div = int(sys.argv[6]) if len(sys.argv) > 6 else 8   # view stride = window / div
 pipe = StableDiffusionPanoramaPipeline.from_pretrained(model, safety_checker=None,
                                                        feature_extractor=None,
                                                        requires_safety_checker=False)
@@ -53,7 +54,7 @@ pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
 pipe.set_progress_bar_config(disable=True)
 P = pipe.unet.config.sample_size
 pipe.get_views = functools.partial(StableDiffusionPanoramaPipeline.get_views, pipe,
-                                   window_size=P, stride=P // 8)
+                                   window_size=P, stride=P // div)
 img = pipe("a wide mountain lake panorama", height=height, width=width, num_inference_steps=steps,
            guidance_scale=7.5, generator=torch.Generator().manual_seed(0)).images[0]
 img.save(out)
@@ -61,7 +62,7 @@ img.save(out)
 """
 
 
-def run_one(which: str, model: Path, width: int, height: int, steps: int) -> dict:
+def run_one(which: str, model: Path, width: int, height: int, steps: int, stride_div: int = 8) -> dict:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "p.png"
         if which == "longgen":
@@ -70,14 +71,14 @@ def run_one(which: str, model: Path, width: int, height: int, steps: int) -> dic
                    "--prompt", "a wide mountain lake panorama", "--out", str(out), "--no-progress"]
         else:
             cmd = [sys.executable, "-c", DIFFUSERS, str(model), str(width), str(height), str(steps),
-                   str(out)]
+                   str(out), str(stride_div)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
         res = json.loads(proc.stdout.strip().splitlines()[-1])
-        return {"width": width, "peak_rss_mib": round(res["hwm_kib"] / 1024, 1),
+        return {"width": width, "height": height, "peak_rss_mib": round(res["hwm_kib"] / 1024, 1),
                 "wall_s": round(wall, 2), "png_bytes": out.stat().st_size}
 
 

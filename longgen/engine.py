@@ -103,11 +103,16 @@ class Given:
     ``keep_unknown``: by default the unobserved part of ``values`` is zeroed before the engine
     uses it (the released motion code noises ``keyframes * mask``); with True the values are used
     as they are, so DDIM inversion sees the whole window (the released inpainting code inverts
-    the full VAE latent of the masked image). Only the observed part is ever read as X_t."""
+    the full VAE latent of the masked image). Only the observed part is ever read as X_t.
+
+    ``xt``: X_t of the given content supplied from outside, ``xt(i, window)`` -> a window-shaped
+    tensor for step i (read where ``known`` is 1), used instead of ``given_path``: a 2-D canvas
+    gives each row of windows the per-step latents the row above had there (its trajectory)."""
 
     values: torch.Tensor
     known: torch.Tensor
     keep_unknown: bool = False
+    xt: Callable[[int, Window], torch.Tensor] | None = None
 
 
 class WindowTransform:
@@ -191,7 +196,13 @@ class Engine:
                  *, cond: Any = None, uncond: Any = None,
                  window_cond: Callable[[Window], tuple[Any, Any]] | None = None,
                  given: Given | None = None, dtype=torch.float32, device="cpu", progress=None,
-                 latents: torch.Tensor | None = None, window_transform: WindowTransform | None = None):
+                 latents: torch.Tensor | None = None, window_transform: WindowTransform | None = None,
+                 noise: Callable[[int, int], torch.Tensor] | None = None,
+                 on_step: Callable[[list[Window], int, torch.Tensor], None] | None = None):
+        """``noise(start, stop)``: the initial noise of positions [start, stop) (window-shaped),
+        instead of the seeded noise field. ``on_step(group, i, y)`` is called before every step
+        with the group's windows and their current latents (a 2-D canvas records the strip the
+        next row of windows observes)."""
         self.den, self.plan, self.cfg = denoiser, plan, config.validate()
         self.wt = window_transform
         self.prev_params: torch.Tensor | None = None  # the last finished window's transform parameters
@@ -204,12 +215,13 @@ class Engine:
         self.cond, self.uncond, self.window_cond = cond, uncond, window_cond
         self.given = given
         self.dtype, self.device = dtype, device
-        self.noise = NoiseField(config.seed, self.shape, axis, dtype, device)
+        self.noise = noise if noise is not None else NoiseField(config.seed, self.shape, axis, dtype, device)
         if latents is not None:
             self.use_latents(latents)
+        self.on_step = on_step
         self.G = config.group if 0 < config.group < len(plan) else len(plan)
-        if plan.loop and (window_transform is not None or given is not None):
-            raise ValueError("a loop plan takes no window transform and no given content")
+        if plan.loop and window_transform is not None:
+            raise ValueError("a loop plan takes no window transform")
         self.canvas = Canvas(plan.length, axis, mode=config.blend, hold=plan.hold)
         self.first_final: torch.Tensor | None = None  # loops: the first window, for the last one
         self.first_traj: list[torch.Tensor] | None = None  # loops: its wrapped columns per step
@@ -270,6 +282,8 @@ class Engine:
         """(values, known) of the given content inside window w, or None."""
         if self.given is None:
             return None
+        if w.wrap:  # loops: the wrapped part is given where the canvas's start is
+            return self._given_wrapped(w)
         n = self.given.values.shape[self.axis]
         if w.start >= n:
             return None
@@ -283,6 +297,18 @@ class Engine:
         if not known.any():
             return None
         return (vals if self.given.keep_unknown else vals * known), known
+
+    def _given_wrapped(self, w: Window):
+        n = self.given.values.shape[self.axis]
+        if n != self.plan.length:
+            raise ValueError("given content on a loop must cover the whole canvas")
+        pos = torch.arange(w.start, w.stop, device=self.given.values.device) % n
+        vals = self.given.values.index_select(self.given.values.ndim + self.axis, pos).to(self.dtype)
+        known = self.given.known.expand_as(self.given.values).index_select(
+            self.given.values.ndim + self.axis, pos).to(self.dtype)
+        if not known.any():
+            return None
+        return (vals if self.given.keep_unknown else vals * known).to(self.device), known.to(self.device)
 
     def _carry(self, part, src: int, p_from, p_to, signal: float):
         """An overlap ``part`` (long axis n) at positions [src, src + n) of a window with transform
@@ -368,7 +394,8 @@ class Engine:
         # given content's X_t per step
         has_given = given_known.flatten(1).any(1)
         given_traj = None
-        if has_given.any() and not plain and cfg.given_path == "invert":
+        given_xt = getattr(self.given, "xt", None)
+        if has_given.any() and not plain and cfg.given_path == "invert" and given_xt is None:
             idx = has_given.nonzero().squeeze(1)
             inv = ddim_invert(cond_ev, sch, given_x0[idx])  # masked source, as released
             given_traj = (idx, inv)
@@ -439,7 +466,9 @@ class Engine:
                     part = wrap_src(i) if callable(wrap_src) else wrap_src[i]
                 x[_sl(ax, w.new_to, w.size, x.ndim)] = part
             if has_given[b]:
-                if given_traj is not None:
+                if given_xt is not None:
+                    gx = given_xt(i, w).to(device=self.device, dtype=self.dtype)
+                elif given_traj is not None:
                     gx = given_traj[1][i][(given_traj[0] == b).nonzero()[0, 0]]
                 else:
                     gx = q_sample(sch, i, given_x0[b], torch.randn(
@@ -462,6 +491,8 @@ class Engine:
             steps = self.progress(steps, desc=f"windows {k0}-{k0 + G - 1}", leave=False)
         step = STEPS[cfg.method]
         for i in steps:
+            if self.on_step is not None:
+                self.on_step(group, i, y)
             if keep_traj:
                 d = nxt.start - last.start
                 traj.append(self._slice(y[-1], d, d + nxt.new_from).clone())

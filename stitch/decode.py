@@ -43,20 +43,30 @@ def decode_span(decode: Decode, latent: Tensor, axis: int, lo: int, hi: int, sta
     return out.narrow(axis, (start - lo) * scale, (stop - start) * scale)
 
 
-def tiled_decode(decode: Decode, latent: Tensor, axis: int, tile: int, halo: int, scale: int = 1) -> Tensor:
+def tiled_decode(decode: Decode, latent: Tensor, axis: int, tile: int, halo: int, scale: int = 1,
+                 circular: bool = False) -> Tensor:
     """Decode `latent` in tiles of `tile` latents along `axis`, each with `halo` latents of context per side.
 
     Returns the tiles' cropped outputs concatenated: (…, n * scale, …) along axis. Equals
     `decode(latent)` exactly when the decoder's receptive field along axis is <= halo latents.
+    ``circular``: the axis is a loop (a 360-degree panorama): the context of the first tile is the
+    last latents and the other way round, so the output continues across the ends.
     """
     _check_args(axis, halo, scale)
     if not isinstance(tile, int) or tile < 1:
         raise ValueError(f"tile must be an int >= 1, got {tile!r}")
     n = latent.shape[axis]
+    off = 0
+    if circular and halo:
+        if halo > n:
+            raise ValueError(f"a circular decode needs halo <= the length ({n}), got {halo}")
+        latent = torch.cat([latent.narrow(axis, n - halo, halo), latent, latent.narrow(axis, 0, halo)], dim=axis)
+        off = halo
+    total = latent.shape[axis]
     pieces = []
-    for t0 in range(0, n, tile):
-        t1 = min(t0 + tile, n)
-        lo, hi = max(0, t0 - halo), min(n, t1 + halo)  # halo clipped at the true ends
+    for t0 in range(off, off + n, tile):
+        t1 = min(t0 + tile, off + n)
+        lo, hi = max(0, t0 - halo), min(total, t1 + halo)  # halo clipped at the true ends
         pieces.append(decode_span(decode, latent, axis, lo, hi, t0, t1, scale))
     return torch.cat(pieces, dim=axis)
 

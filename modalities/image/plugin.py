@@ -51,10 +51,13 @@ class Panorama:
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--width", type=int, default=2048, help="output width in pixels (default: %(default)s)")
-        p.add_argument("--height", type=int, default=512, help="output height in pixels (default: %(default)s)")
-        p.add_argument("--window", type=int, default=None, help="window width in pixels (default: the model's native size, 512 builtin)")
-        p.add_argument("--stride", type=int, default=None, help="window stride in pixels (default: 3/4 of the window, 384 for 512)")
-        p.add_argument("--prompt", default="", help="text prompt; 'a|b|c' = one prompt per window")
+        p.add_argument("--height", type=int, default=512,
+                       help="output height in pixels (default: %(default)s); taller than the window, the "
+                            "canvas is a 2-D grid of windows sampled row by row, each observing the rows "
+                            "above and the columns on its left")
+        p.add_argument("--window", type=int, default=None, help="window size in pixels (default: the model's native size, 512 builtin)")
+        p.add_argument("--stride", type=int, default=None, help="window stride in pixels, along both axes of a 2-D canvas (default: 3/4 of the window, 384 for 512)")
+        p.add_argument("--prompt", default="", help="text prompt; 'a|b|c' = one prompt per window (2-D: in raster order, or one per column)")
         p.add_argument("--negative-prompt", default=None)
         p.add_argument("--loop", action="store_true",
                        help="a 360-degree panorama: the right edge continues into the left edge (the "
@@ -79,30 +82,28 @@ class Panorama:
             return sd_panorama_job(args)
         refuse_checkpoint_options(args)
         from longgen.builtin import LatentRGB, image_prior
-        from longgen.engine import Engine
         from longgen.priors import PriorDenoiser
-        from longgen.stitch import StreamingDecoder
 
         window = check_pixels("window", args.window or 512)
         stride = check_pixels("stride", args.stride or window * 3 // 4)
         dtype = check_builtin_dtype(args)
-        from .sd_jobs import loop_roll, panorama_plan  # checks in pixels: messages in the user's units
+        from .sd_jobs import (canvas_decoder, canvas_engine, canvas_plan,  # checks in pixels:
+                              canvas_writer, expand_prompts, window_height)  # messages in the user's units
 
-        plan = panorama_plan(args.width, args.height, window, stride, VAE_SCALE, loop=args.loop)
-        h = args.height // VAE_SCALE
+        plan = canvas_plan(args.width, args.height, window, stride, VAE_SCALE, loop=args.loop)
+        h = window_height(plan, args.height, VAE_SCALE)
         sch = builtin_scheduler()
-        den = PriorDenoiser.for_scheduler(image_prior(height=h, width=plan.window), sch)
-        prompts = split_prompts(args.prompt, len(plan))
+        win_w = plan.cols.window if hasattr(plan, "cols") else plan.window
+        den = PriorDenoiser.for_scheduler(image_prior(height=h, width=win_w), sch)
+        prompts = expand_prompts([p.strip() for p in args.prompt.split("|")], plan)
         classes = [scene_class(p) for p in prompts]
         guidance = args.guidance if args.guidance is not None else (3.0 if max(classes) >= 0 else 1.0)
         uncond = torch.tensor([-1])
-        window_cond = lambda w: (torch.tensor([classes[w.index]]), uncond)  # noqa: E731
-        engine = Engine(den, sch, plan, (4, h, plan.window), -1, engine_config(args, guidance),
-                        window_cond=window_cond, dtype=dtype)
+        window_cond = lambda index, y0, w: (torch.tensor([classes[index]]), uncond)  # noqa: E731
+        engine = canvas_engine(den, sch, plan, 4, h, engine_config(args, guidance), window_cond, dtype=dtype)
         rgb = LatentRGB()
-        decoder = StreamingDecoder(lambda z: rgb.decode(z[None])[0], axis=-1, halo=1, scale=VAE_SCALE,
-                                   loop=plan.loop)
-        writer = PNGStripWriter(args.out, roll=loop_roll(plan, 1, VAE_SCALE))
+        decoder = canvas_decoder(lambda z: rgb.decode(z[None])[0], plan, 1, VAE_SCALE)
+        writer = canvas_writer(args.out, plan, 1, VAE_SCALE)
         return Job(engine, decoder, writer, request_of(args), Path(args.out),
                    info={"width": args.width, "height": args.height})
 

@@ -74,9 +74,10 @@ import torch
 
 from longgen.cli import request_of
 from longgen.engine import Engine, EngineConfig, Given
-from longgen.planner import Plan, plan_loop, plan_windows
+from longgen.grid import GridEngine, GridPlan
+from longgen.planner import Plan, Window, plan_loop, plan_windows
 from longgen.run import Job
-from longgen.stitch import StreamingDecoder
+from longgen.stitch import StreamingDecoder, tiled_decode
 
 from ..glue import _seed_of, check_output_type, engine_config, split_prompts
 from .sd import SDModel, load_sd, resolve_dtype
@@ -204,6 +205,18 @@ def unet_forwards(method: str, steps: int, windows: int, group: int = 1) -> int:
     return steps * (per_group * groups - lone_first)
 
 
+def canvas_forwards(method: str, steps: int, plan, group: int = 1) -> int:
+    """UNet forwards of a panorama plan (``observed`` = trajectory or noise): 1-D as
+    :func:`unet_forwards`; 2-D, every band's but the first has no lone first window (it observes
+    the band above)."""
+    if not isinstance(plan, GridPlan):
+        return unet_forwards(method, steps, len(plan), group)
+    band = unet_forwards(method, steps, len(plan.cols), group)
+    G = group if 0 < group < len(plan.cols) else len(plan.cols)
+    lone = steps if (method not in ("alm-fused", "syncsde", "replace", "ddim", "ddpm") and G == 1) else 0
+    return band + (len(plan.rows) - 1) * (band + lone)
+
+
 # --------------------------------------------------------------------------- panorama
 
 
@@ -258,19 +271,87 @@ def _take(cond: Any, k: int) -> Any:
     return cond[k:k + 1]
 
 
+def canvas_plan(width: int, height: int, window: int, stride: int, f: int = 8,
+                multiple: int | None = None, loop: bool = False) -> Plan | GridPlan:
+    """A panorama's plan: windows along the width (``panorama_plan``) when the canvas is no taller
+    than a window (the window is then the canvas's height), else a 2-D grid of square windows
+    (:class:`longgen.grid.GridPlan`): row bands at the same stride, the last one at the bottom."""
+    cols = panorama_plan(width, height, window, stride, f, multiple, loop=loop)
+    if height <= window:
+        return cols
+    return GridPlan(plan_windows(height // f, window // f, stride // f), cols)
+
+
+def window_height(plan: Plan | GridPlan, height: int, f: int) -> int:
+    """The windows' height in latents: the canvas's (1-D) or the grid's row window (2-D)."""
+    return plan.rows.window if isinstance(plan, GridPlan) else height // f
+
+
+def expand_prompts(prompts: list[str], plan: Plan | GridPlan) -> list[str]:
+    """One prompt per window in raster order from 1, one per window, or (2-D) one per column."""
+    n = len(plan)
+    if len(prompts) == 1:
+        return prompts * n
+    if isinstance(plan, GridPlan) and len(prompts) == len(plan.cols):
+        return prompts * len(plan.rows)
+    if len(prompts) != n:
+        per_col = f", one per column ({len(plan.cols)})" if isinstance(plan, GridPlan) else ""
+        raise ValueError(f"{len(prompts)} prompts for {n} windows; give one prompt{per_col} or one "
+                         "per window")
+    return prompts
+
+
+def canvas_engine(den, sched, plan: Plan | GridPlan, channels: int, h: int, config: EngineConfig,
+                  window_cond: Callable[[int, int, Window], tuple[Any, Any]], *, dtype=torch.float32,
+                  device="cpu", latents: torch.Tensor | None = None):
+    """The engine of a panorama plan; ``window_cond(index, first_row, window)`` with the window's
+    raster index and its first latent row on the canvas."""
+    if isinstance(plan, GridPlan):
+        ncols, rows = len(plan.cols), plan.rows.windows
+        return GridEngine(den, sched, plan, channels, config,
+                          window_cond=lambda r, w: window_cond(r * ncols + w.index, rows[r].start, w),
+                          dtype=dtype, device=device, latents=latents)
+    return Engine(den, sched, plan, (channels, h, plan.window), -1, config,
+                  window_cond=lambda w: window_cond(w.index, 0, w), dtype=dtype, device=device,
+                  latents=latents)
+
+
+def canvas_decoder(decode_one: Callable[[torch.Tensor], torch.Tensor], plan: Plan | GridPlan,
+                   halo: int, f: int) -> StreamingDecoder:
+    """1-D: chunks of columns, decoded with a halo (around a loop too). 2-D: chunks of latent rows
+    of the full width, each decoded in window-wide tiles with the same halo (circular for a loop)."""
+    if isinstance(plan, GridPlan):
+        tile = plan.cols.window
+
+        def band(z):
+            return tiled_decode(decode_one, z, axis=-1, tile=tile, halo=halo, scale=f, circular=plan.loop)
+        return StreamingDecoder(band, axis=-2, halo=halo, scale=f)
+    return StreamingDecoder(decode_one, axis=-1, halo=halo, scale=f, loop=plan.loop)
+
+
+def canvas_writer(out, plan: Plan | GridPlan, halo: int, f: int):
+    from .writers import PNGStripWriter
+
+    if isinstance(plan, GridPlan):
+        return PNGStripWriter(out, along="height")
+    return PNGStripWriter(out, roll=loop_roll(plan, halo, f))
+
+
 def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, config: EngineConfig,
                    *, window: int | None = None, stride: int | None = None,
                    negative_prompt: str | None = None, halo: int = DECODE_HALO,
                    device: str | torch.device | None = None,
                    latents: torch.Tensor | None = None,
                    loop: bool = False, control: tuple | None = None) -> tuple[Engine, StreamingDecoder]:
-    """The engine and streaming decoder of a panorama; ``prompts`` has 1 or one per window;
-    ``latents`` (C, height/8, width/8): the initial noise, given; ``loop``: 360 degrees;
-    ``control``: (ControlNetModel, control image (1, 3, height, width) in [0, 1], scale) -- each
-    window's condition gets its crop of the image."""
+    """The engine and streaming decoder of a panorama; ``prompts`` has 1 or one per window (2-D:
+    or one per column); ``latents`` (C, height/8, width/8): the initial noise, given; ``loop``:
+    360 degrees; ``control``: (ControlNetModel, control image (1, 3, height, width) in [0, 1],
+    scale) -- each window's condition gets its crop of the image. A canvas taller than the
+    window is a 2-D grid (:func:`canvas_plan`)."""
     f = sd.vae_scale_factor
     window = sd.image_size if window is None else window
-    den, sched, config, multiple = engine_model(sd, config, height, window)
+    win_h = min(height, window)
+    den, sched, config, multiple = engine_model(sd, config, win_h, window)
     if control is not None:
         if is_dit(sd):
             raise ValueError(f"ControlNets for {type(sd).__name__} are not supported yet (SD 1.x/2.x "
@@ -281,36 +362,33 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
                              f"{(height, width)}")
         den = sd.controlled(cn, scale)
     stride = default_stride(window, multiple) if stride is None else stride
-    plan = panorama_plan(width, height, window, stride, f, multiple, loop=loop)
-    if len(prompts) not in (1, len(plan)):
-        raise ValueError(f"{len(prompts)} prompts for {len(plan)} windows; give one prompt or one "
-                         "per window")
-    unique = sorted(set(prompts), key=prompts.index)
-    cond, uncond = sd.encode_prompt(unique, negative_prompt, size=(height, window))
+    plan = canvas_plan(width, height, window, stride, f, multiple, loop=loop)
+    per_window = expand_prompts(prompts, plan)
+    unique = sorted(set(per_window), key=per_window.index)
+    cond, uncond = sd.encode_prompt(unique, negative_prompt, size=(win_h, window))
     row = {p: k for k, p in enumerate(unique)}
-    per_window = prompts if len(prompts) > 1 else prompts * len(plan)
     uncond0 = None if uncond is None else _take(uncond, 0)
     extras = getattr(sd, "window_extras", lambda start: {})
+    h = window_height(plan, height, f)
+    length = plan.cols.length if isinstance(plan, GridPlan) else plan.length
 
     def as_dict(c):
         return c if isinstance(c, dict) else {"encoder_hidden_states": c}
 
-    def window_cond(w):
-        c, more = _take(cond, row[per_window[w.index]]), dict(extras(w.start))
+    def window_cond(index, y0, w):
+        c, more = _take(cond, row[per_window[index]]), dict(extras(w.start))
         if control is not None:  # this window's crop, for the guided and the unguided row alike
             from .adapters import window_crop
 
-            more["control"] = window_crop(control_image, w.start, w.size, plan.length, f)
+            more["control"] = window_crop(control_image[..., y0 * f:(y0 + h) * f, :], w.start, w.size,
+                                          length, f)
         if more:
             c = {**as_dict(c), **more}
             return c, (None if uncond0 is None else {**as_dict(uncond0), **more})
         return c, uncond0
-    shape = (sd.latent_channels, height // f, plan.window)  # (C, h, window) latents
-    engine = Engine(den, sched, plan, shape, -1, config, window_cond=window_cond,
-                    dtype=torch.float32, device=device if device is not None else sd.device,
-                    latents=latents)
-    decoder = StreamingDecoder(lambda z: sd.vae_decode(z[None])[0], axis=-1, halo=halo, scale=f,
-                               loop=plan.loop)
+    engine = canvas_engine(den, sched, plan, sd.latent_channels, h, config, window_cond,
+                           device=device if device is not None else sd.device, latents=latents)
+    decoder = canvas_decoder(lambda z: sd.vae_decode(z[None])[0], plan, halo, f)
     return engine, decoder
 
 
@@ -383,13 +461,16 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
         media = decoder.push(chunk.latent)
         if media is not None:
             parts.append(media)
+    grid = isinstance(engine.plan, GridPlan)   # 2-D: chunks are rows
     if output_type == "latent":  # a loop's chunks start at hold: roll them back
+        if grid:
+            return torch.cat(lats, dim=-2)
         return torch.cat(lats, dim=-1).roll(engine.plan.hold, dims=-1)
     tail = decoder.flush()
     if tail is not None:
         parts.append(tail)
-    img = torch.cat(parts, dim=-1)
-    shift = loop_roll(engine.plan, decoder.halo, decoder.scale)
+    img = torch.cat(parts, dim=-2 if grid else -1)
+    shift = 0 if grid else loop_roll(engine.plan, decoder.halo, decoder.scale)
     return image_output(img.roll(shift, dims=-1) if shift else img, output_type)
 
 
@@ -470,16 +551,16 @@ def sd_panorama_job(args) -> Job:
     if args.stride is None and stride <= 0:
         raise ValueError(f"--window {window} is too small for a 3/4 stride; give --stride")
     loop = getattr(args, "loop", False)
-    plan = panorama_plan(args.width, args.height, window, stride, sd.vae_scale_factor, multiple, loop=loop)
-    prompts = split_prompts(args.prompt, len(plan))
+    plan = canvas_plan(args.width, args.height, window, stride, sd.vae_scale_factor, multiple, loop=loop)
+    prompts = expand_prompts([p.strip() for p in args.prompt.split("|")], plan)
     guidance = default_guidance(sd, args.guidance)
     engine, decoder = panorama_parts(
         sd, prompts, args.width, args.height, engine_config(args, guidance), window=window,
         stride=stride, negative_prompt=args.negative_prompt,
         halo=getattr(args, "decode_halo", DECODE_HALO), device=args.device, loop=loop, control=control)
     info = {"width": args.width, "height": args.height, "window": window, "stride": stride,
-            "unet_forwards": unet_forwards(args.method, args.steps, len(plan), args.group)}
-    writer = PNGStripWriter(args.out, roll=loop_roll(plan, decoder.halo, decoder.scale))
+            "unet_forwards": canvas_forwards(args.method, args.steps, plan, args.group)}
+    writer = canvas_writer(args.out, plan, decoder.halo, decoder.scale)
     return Job(engine, decoder, writer, checkpoint_request(args), Path(args.out), info=info)
 
 

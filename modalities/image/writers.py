@@ -35,18 +35,23 @@ class PNGStripWriter:
 
     ``roll``: the strips, side by side, are the panorama rolled left by that many pixels (a loop's
     stream starts inside the canvas, :class:`longgen.stitch.StreamingDecoder` ``loop=True``); the
-    final PNG rolls them back."""
+    final PNG rolls them back. ``along="height"``: the parts are bands of rows of the full width
+    (a 2-D canvas, ``band_NNNNN.png``), stacked top to bottom."""
 
-    def __init__(self, out: Path, roll: int = 0):
+    def __init__(self, out: Path, roll: int = 0, along: str = "width"):
+        if along not in ("width", "height"):
+            raise ValueError(f"along must be 'width' or 'height', got {along!r}")
         self.out = Path(out)
         self.roll = int(roll)
+        self.along = along
+        self.prefix = "strip" if along == "width" else "band"
         self.work: Path | None = None
         self.strips = 0
         self.width = 0
         self.digests: list[str] = []
 
     def _path(self, k: int) -> Path:
-        return self.work / f"strip_{k:05d}.png"
+        return self.work / f"{self.prefix}_{k:05d}.png"
 
     def open(self, work: Path, state: dict | None) -> None:
         from PIL import Image  # noqa: F401  (fail early if Pillow is missing)
@@ -60,7 +65,7 @@ class PNGStripWriter:
             strips, width, digests = int(state["strips"]), int(state["width"]), list(state["sha256"])
         if len(digests) != strips:
             raise ValueError(f"resume state lists {len(digests)} strip digests for {strips} strips")
-        resume_parts(work, "strip", ".png", digests, "finished panorama strip")
+        resume_parts(work, self.prefix, ".png", digests, f"finished panorama {self.prefix}")
         self.strips, self.width, self.digests = strips, width, digests
 
     def write(self, media: torch.Tensor) -> None:
@@ -75,7 +80,7 @@ class PNGStripWriter:
         Image.fromarray(arr).save(buf, format="PNG")
         self.digests.append(write_part(self._path(self.strips), buf.getvalue()))
         self.strips += 1
-        self.width += arr.shape[1]
+        self.width += arr.shape[1 if self.along == "width" else 0]  # the height, for bands
 
     def state(self) -> dict:
         return {"strips": self.strips, "width": self.width, "sha256": list(self.digests)}
@@ -86,6 +91,8 @@ class PNGStripWriter:
         paths = [self._path(k) for k in range(self.strips)]
         if not paths:
             raise ValueError("no strips were written")
+        if self.along == "height":
+            return self._close_bands(paths, band)
         height = Image.open(paths[0]).size[1]
 
         def bands():  # decode each strip once per band: one band of the panorama in memory
@@ -101,6 +108,27 @@ class PNGStripWriter:
         tmp = self.out.with_name(self.out.name + ".tmp.png")
         try:
             write_png_stream(tmp, self.width, height, bands())
+            os.replace(tmp, self.out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return [self.out]
+
+    def _close_bands(self, paths: list[Path], band: int) -> list[Path]:
+        from PIL import Image
+
+        width = Image.open(paths[0]).size[0]
+
+        def bands():  # one part at a time, in bands of rows
+            for p in paths:
+                with Image.open(p) as im:
+                    arr = np.asarray(im.convert("RGB"))
+                for top in range(0, arr.shape[0], band):
+                    yield arr[top:top + band]
+
+        tmp = self.out.with_name(self.out.name + ".tmp.png")
+        try:
+            write_png_stream(tmp, width, self.width, bands())
             os.replace(tmp, self.out)
         except BaseException:
             tmp.unlink(missing_ok=True)
