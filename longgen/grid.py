@@ -127,15 +127,8 @@ class GridEngine:
             values[:, :top] = self.held
             known = torch.zeros((1, self.Hw, 1), dtype=self.dtype, device=self.device)
             known[:, :top] = 1
-            xt = None
-            if self.cfg.observed == "trajectory":
-                traj = self.top_traj
-
-                def xt(i: int, w: Window) -> torch.Tensor:
-                    x = torch.zeros((self.C, self.Hw, self.Ww), dtype=self.dtype, device=self.device)
-                    x[:, :top] = traj[i].index_select(-1, self._columns(w).to(traj[i].device))
-                    return x
-            given = Given(values=values, known=known, xt=xt)
+            given = Given(values=values, known=known,
+                          xt=self._top_xt(top) if self.cfg.observed == "trajectory" else None)
 
         if self.latents is not None:
             lat = self.latents
@@ -148,15 +141,10 @@ class GridEngine:
 
         on_step = None
         if b and self.cfg.observed == "trajectory":
-            steps = self.cfg.steps
             if self.cur_traj is None:
                 self.cur_traj = [torch.zeros((self.C, b, self.L), dtype=self.dtype, device=self.device)
-                                 for _ in range(steps)]
-
-            def on_step(group: list[Window], i: int, y: torch.Tensor) -> None:
-                for k, w in enumerate(group):  # the columns each window generates (paste's rule)
-                    cols = self._columns(w)[w.new_from:w.new_to].to(y.device)
-                    self.cur_traj[i][..., cols] = y[k][:, self.Hw - b:, w.new_from:w.new_to]
+                                 for _ in range(self.cfg.steps)]
+            on_step = self._recorder(b)
 
         window_cond = None
         if self.window_cond is not None:
@@ -165,6 +153,25 @@ class GridEngine:
                       cond=self.cond, uncond=self.uncond, window_cond=window_cond, given=given,
                       dtype=self.dtype, device=self.device, progress=self.progress, noise=noise,
                       on_step=on_step)
+
+    def _top_xt(self, top: int) -> Callable[[int, Window], torch.Tensor]:
+        """X_t of a window's top rows at step i: the band above's latents there at that step."""
+        traj = self.top_traj
+
+        def xt(i: int, w: Window) -> torch.Tensor:
+            x = torch.zeros((self.C, self.Hw, self.Ww), dtype=self.dtype, device=self.device)
+            x[:, :top] = traj[i].index_select(-1, self._columns(w).to(traj[i].device))
+            return x
+        return xt
+
+    def _recorder(self, b: int) -> Callable[[list[Window], int, torch.Tensor], None]:
+        """Record, before each step, the bottom ``b`` rows of the columns each window generates
+        (paste's rule: earlier windows keep theirs), for the band below."""
+        def on_step(group: list[Window], i: int, y: torch.Tensor) -> None:
+            for k, w in enumerate(group):
+                cols = self._columns(w)[w.new_from:w.new_to].to(y.device)
+                self.cur_traj[i][..., cols] = y[k][:, self.Hw - b:, w.new_from:w.new_to]
+        return on_step
 
     def _merge_top(self, band: torch.Tensor, t: int) -> torch.Tensor:
         """The rows this band shares with the band above, merged by the engine's blend."""

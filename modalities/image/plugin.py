@@ -20,7 +20,6 @@ from ..glue import (VAE_SCALE, builtin_scheduler, check_builtin_dtype, check_pix
 from .inpainting import (InpaintWriter, RELEASED_BLUR, blend_with_source, blur_mask,  # noqa: F401
                          check_blend_pixels, gaussian_kernel, load_image, load_mask, read_picture,
                          released_blend_mask)
-from .writers import PNGStripWriter
 
 torch = LazyModule("torch")  # imported on first use, so that `longgen --help` does not load it
 

@@ -79,7 +79,7 @@ from longgen.planner import Plan, Window, plan_loop, plan_windows
 from longgen.run import Job
 from longgen.stitch import StreamingDecoder, tiled_decode
 
-from ..glue import _seed_of, check_output_type, engine_config, split_prompts
+from ..glue import _seed_of, check_output_type, engine_config
 from .sd import SDModel, load_sd, resolve_dtype
 
 DECODE_HALO = 8  # latents of context each side of a decoded chunk (64 px for SD)
@@ -533,8 +533,6 @@ def _check_control_args(args) -> None:
 
 def sd_panorama_job(args) -> Job:
     """The :class:`~longgen.run.Job` of ``longgen panorama --model <checkpoint>``."""
-    from .writers import PNGStripWriter
-
     _check_window_args(args)
     _check_control_args(args)
     sd = _load_for(args)
