@@ -258,3 +258,103 @@ def test_controlnet_bad_input_is_refused(tiny_sd_path, tiny_controlnet, tmp_path
         err = [e for e in capsys.readouterr().err.strip().splitlines() if not e.startswith("[transformers]")]
         assert rc == 2 and len(err) == 1 and msg in err[0], (argv, err)
         assert not out.exists()
+
+
+# --------------------------------------------------------------------------- LoRA on FLUX
+
+
+def test_lora_on_flux_equals_flux_pipeline_load_lora_weights(tmp_path, tiny_lora):
+    """A peft LoRA on the tiny FLUX transformer (dev-like), saved with FluxPipeline.save_lora_weights:
+    one ``ddim`` (Euler) window through longgen with ``lora=`` equals FluxPipeline after
+    load_lora_weights / set_adapters from the same latents (float32; bound 1e-4 of max|ref|, as
+    for FLUX without a LoRA), and differs from the run without it; an SD LoRA is refused."""
+    from diffusers import FluxPipeline
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    from longgen.modalities.image.flux import pack, unpack
+    from tests.test_flux import MAX_TOKENS, build_flux
+
+    path = build_flux(str(tmp_path / "f"), guidance_embeds=True)
+    pipe = FluxPipeline.from_pretrained(path)
+    torch.manual_seed(3)
+    tr = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                            target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
+                                 pipe.transformer)
+    FluxPipeline.save_lora_weights(str(tmp_path / "lora"), transformer_lora_layers=get_peft_model_state_dict(tr),
+                                   safe_serialization=True)
+    lora = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+
+    ref_pipe = FluxPipeline.from_pretrained(path)
+    ref_pipe.set_progress_bar_config(disable=True)
+    ref_pipe.load_lora_weights(str(lora), adapter_name="ref")
+    ref_pipe.set_adapters(["ref"], adapter_weights=[0.6])
+    noise = NoiseField(2, (4, 16, 16), -1, torch.float32, "cpu")(0, 16)   # the tiny VAE is 2x
+    ref = ref_pipe("a mountain lake", height=32, width=32, num_inference_steps=4, guidance_scale=3.5,
+                   output_type="latent", max_sequence_length=MAX_TOKENS, latents=pack(noise[None])).images
+    ref = unpack(ref, 16, 16)[0]
+
+    def ours(**kw):
+        model = load_model(path, **kw)
+        model.max_sequence_length = MAX_TOKENS
+        return panorama(model, "a mountain lake", 32, 32, window=32, steps=4, method="ddim", seed=2,
+                        guidance_scale=3.5, output_type="latent")
+
+    got = ours(lora=[f"{lora}:0.6"])
+    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max(), float((got - ref).abs().max())
+    assert (ours() - ref).abs().max() > 1e-2
+    with pytest.raises(ValueError, match=r"is for SD 1.x/2.x or SDXL \(UNet keys\); the model is FLUX.1"):
+        load_model(path, lora=[str(tiny_lora)])
+
+
+# --------------------------------------------------------------------------- ControlNet on FLUX
+
+
+def test_flux_controlnet_one_window_equals_flux_controlnet_pipeline(tmp_path, monkeypatch):
+    """A tiny InstantX-style FluxControlNetModel (``from_transformer`` of the tiny FLUX, its zero
+    output layers filled with small random weights) saved and loaded back through ``--controlnet``'s
+    loader: one window equals FluxControlNetPipeline from the same latents. The pipeline draws a
+    sample of the VAE posterior for the control image; longgen takes its mode, so the reference is
+    run with the posterior's sample made its mode (everything else as released)."""
+    from diffusers import FluxControlNetModel, FluxControlNetPipeline, FluxPipeline
+    from diffusers.models.autoencoders import vae as vae_mod
+
+    from longgen.modalities.image.flux import pack, unpack
+    from tests.test_flux import MAX_TOKENS, build_flux
+
+    path = build_flux(str(tmp_path / "f"), guidance_embeds=True)
+    base = FluxPipeline.from_pretrained(path)
+    torch.manual_seed(4)
+    cn = FluxControlNetModel.from_transformer(base.transformer, num_layers=1, num_single_layers=1,
+                                              attention_head_dim=16, num_attention_heads=2)
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for mod in [*cn.controlnet_blocks, *cn.controlnet_single_blocks, cn.controlnet_x_embedder]:
+            for prm in mod.parameters():
+                prm.copy_(0.2 * torch.randn(prm.shape, generator=g))
+    cn.save_pretrained(str(tmp_path / "cn"))
+    control = Image.open(_control_png(tmp_path / "c.png", 32, 32, seed=2))
+    noise = NoiseField(2, (4, 16, 16), -1, torch.float32, "cpu")(0, 16)
+
+    pipe = FluxControlNetPipeline(**base.components, controlnet=FluxControlNetModel.from_pretrained(str(tmp_path / "cn")))
+    pipe.set_progress_bar_config(disable=True)
+    monkeypatch.setattr(vae_mod.DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+    ref = pipe("a mountain lake", control_image=control, height=32, width=32, num_inference_steps=4,
+               guidance_scale=3.5, controlnet_conditioning_scale=0.7, output_type="latent",
+               max_sequence_length=MAX_TOKENS, latents=pack(noise[None])).images
+    monkeypatch.undo()
+    ref = unpack(ref, 16, 16)[0]
+
+    model = load_model(path)
+    model.max_sequence_length = MAX_TOKENS
+    kw = dict(window=32, steps=4, method="ddim", seed=2, guidance_scale=3.5, output_type="latent")
+    got = panorama(model, "a mountain lake", 32, 32, controlnet=str(tmp_path / "cn"), control_image=control,
+                   controlnet_conditioning_scale=0.7, **kw)
+    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max(), float((got - ref).abs().max())
+    assert (panorama(model, "a mountain lake", 32, 32, **kw) - ref).abs().max() > 1e-2
+    # an SD ControlNet for a FLUX model is refused naming both
+    sd_cn = tmp_path / "sdcn"
+    sd_cn.mkdir()
+    (sd_cn / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel", "cross_attention_dim": 768}))
+    with pytest.raises(ValueError, match="is a ControlNetModel; the model is FLUX.1 and takes a FluxControlNetModel"):
+        panorama(model, "a mountain lake", 32, 32, controlnet=str(sd_cn), control_image=control, **kw)

@@ -10,13 +10,16 @@ loaded the file's keys are read to tell which family it was made for, because di
 LoRA whose keys name another family's modules with only a warning; a mismatch is refused naming
 both. Only ``.safetensors`` files are read (no pickles).
 
-ControlNet (``--controlnet DIR --control IMAGE``, SD 1.x/2.x and SDXL). The control image is
-resized once to the canvas size, as diffusers' ControlNet pipelines do for the whole image
+ControlNet (``--controlnet DIR --control IMAGE``, SD 1.x/2.x, SDXL and FLUX.1). The control image
+is resized once to the canvas size, as diffusers' ControlNet pipelines do for the whole image
 (``VaeImageProcessor(do_normalize=False).preprocess(image, height, width)``: RGB, [0, 1]); each
 window then gets its own crop of it, in its condition, so the blended evaluations of ALM see the
 same crop and classifier-free guidance gives both rows the crop (the pipelines' ``guess_mode=False``).
 The UNet takes the ControlNet's residuals scaled by ``conditioning_scale`` as
-``StableDiffusionControlNetPipeline`` passes them. A control image whose aspect ratio differs from
+``StableDiffusionControlNetPipeline`` passes them. FLUX (``FluxControlNetModel``): the crop goes to
+[-1, 1] and, for InstantX-style ControlNets, through the VAE (``(mode - shift) * scaling``, once
+per window; ``FluxControlNetPipeline`` draws a sample of the VAE posterior instead, whose spread is
+tiny) and is packed; the transformer takes the ControlNet's block samples. A control image whose aspect ratio differs from
 the canvas's by more than :data:`ASPECT_TOLERANCE` is refused rather than stretched.
 """
 
@@ -222,9 +225,15 @@ def check_controlnet(path: str | Path, family: str | None, cross: int | None) ->
     "sd3"; ``cross``: the UNet's cross-attention width), before anything heavy is loaded."""
     cfg = _controlnet_config(path)
     cls = cfg.get("_class_name")
-    if family in ("flux", "sd3"):
-        raise ValueError(f"--controlnet: ControlNets for {LORA_FAMILIES[family]} are not supported yet "
-                         "(SD 1.x/2.x and SDXL ControlNetModel are)")
+    if family == "sd3":
+        raise ValueError("--controlnet: ControlNets for SD3 are not supported yet (SD 1.x/2.x, SDXL "
+                         "and FLUX.1 are)")
+    if family == "flux" or cls == "FluxControlNetModel":
+        if cls != "FluxControlNetModel" or family != "flux":
+            raise ValueError(f"--controlnet {path} is a {cls}; the model is "
+                             f"{LORA_FAMILIES.get(family, 'SD')} and takes a "
+                             f"{'FluxControlNetModel' if family == 'flux' else 'ControlNetModel'}")
+        return
     if cls != "ControlNetModel":
         raise ValueError(f"--controlnet {path} is a {cls}; the model is {LORA_FAMILIES.get(family, 'SD')} "
                          "and takes a ControlNetModel")
@@ -235,15 +244,17 @@ def check_controlnet(path: str | Path, family: str | None, cross: int | None) ->
 
 
 def load_controlnet(path: str | Path, model: Any):
-    """A diffusers ``ControlNetModel`` for ``model`` (an SDModel), in its dtype and on its device."""
-    from diffusers import ControlNetModel
+    """A diffusers ``ControlNetModel`` (SD, SDXL) or ``FluxControlNetModel`` (FLUX) for ``model``,
+    in its dtype and on its device."""
+    import diffusers
 
     from .sd import _dtype_kwargs
 
     family = model_family(model)
     cross = int(model.unet.config.cross_attention_dim) if family in ("sd", "sdxl") else None
     check_controlnet(path, family, cross)
-    cn = ControlNetModel.from_pretrained(str(Path(path).expanduser()), **_dtype_kwargs("diffusers", model.dtype))
+    cls = diffusers.FluxControlNetModel if family == "flux" else diffusers.ControlNetModel
+    cn = cls.from_pretrained(str(Path(path).expanduser()), **_dtype_kwargs("diffusers", model.dtype))
     return cn.to(model.device).eval()
 
 

@@ -60,12 +60,20 @@ def image_ids(h: int, w: int, device=None, dtype=torch.float32, col0: float = 0.
 class FluxVelocity:
     """``(x_flow (B, C, h, w), t (B,), cond) -> v (B, C, h, w)``: the transformer as FluxPipeline
     calls it. ``cond``: ``{"prompt_embeds": (B, L, D), "pooled": (B, P)}``; ``guidance``: the
-    embedded guidance value (dev) or None (schnell)."""
+    embedded guidance value (dev) or None (schnell).
 
-    def __init__(self, transformer, guidance: float | None, num_train_timesteps: int = 1000):
+    With a ``controlnet`` (``FluxControlNetModel``) the condition also holds ``control``: the
+    window's control image as the pipeline gives it to the ControlNet -- its VAE latents
+    ``(B, C, h, w)`` (packed here), or for ControlNets with an input hint block the pixels
+    ``(B, 3, H, W)`` in [-1, 1] -- and the transformer takes the ControlNet's block samples, as
+    ``FluxControlNetPipeline`` passes them."""
+
+    def __init__(self, transformer, guidance: float | None, num_train_timesteps: int = 1000,
+                 controlnet=None, control_scale: float = 1.0):
         self.transformer = transformer
         self.guidance = guidance
         self.num_train_timesteps = num_train_timesteps
+        self.controlnet, self.control_scale = controlnet, float(control_scale)
         self.forwards = 0
 
     @torch.no_grad()
@@ -86,14 +94,32 @@ class FluxVelocity:
         groups = [(None, 0.0)] if col0 is None else [
             ((col0 == c).nonzero().squeeze(1), float(c)) for c in torch.unique(col0)]
         out = torch.empty_like(hs)
+        control = self._control(cond, dev) if self.controlnet is not None else None
         for rows, c in groups:   # one forward per distinct position table
             sel = slice(None) if rows is None else rows.to(dev)
-            out[sel] = tr(hidden_states=hs[sel], timestep=ts[sel], pooled_projections=pooled[sel],
+            common = dict(hidden_states=hs[sel], timestep=ts[sel], pooled_projections=pooled[sel],
                           encoder_hidden_states=emb[sel], txt_ids=torch.zeros(emb.shape[1], 3, device=dev, dtype=dt),
-                          img_ids=image_ids(h, w, dev, dt, c), return_dict=False,
-                          **{k: v[sel] for k, v in kwargs.items()})[0]
+                          img_ids=image_ids(h, w, dev, dt, c), return_dict=False)
+            extra = {}
+            if control is not None:
+                cn = self.controlnet
+                g = kwargs.get("guidance") if cn.config.guidance_embeds else None
+                blocks, single = cn(controlnet_cond=control[sel], conditioning_scale=self.control_scale,
+                                    guidance=None if g is None else g[sel], **common)
+                extra = dict(controlnet_block_samples=blocks, controlnet_single_block_samples=single,
+                             controlnet_blocks_repeat=cn.input_hint_block is not None)
+            out[sel] = tr(**common, **extra, **{k: v[sel] for k, v in kwargs.items()})[0]
             self.forwards += 1
         return unpack(out, h, w).to(device=x.device, dtype=x.dtype)
+
+
+    def _control(self, cond: Any, dev) -> torch.Tensor:
+        ctrl = cond.get("control") if isinstance(cond, dict) else None
+        if ctrl is None:
+            raise ValueError("a ControlNet denoiser needs the window's control image in its condition "
+                             "(key 'control')")
+        ctrl = ctrl.to(device=dev, dtype=self.controlnet.dtype)
+        return ctrl if self.controlnet.input_hint_block is not None else pack(ctrl)
 
 
 class FluxScheduling(WindowScheduling):
@@ -140,9 +166,10 @@ class FluxModel(DiTModel):
         """The engine's classifier-free guidance scale: none (the value is embedded, or absent)."""
         return 1.0
 
-    def denoiser_for(self, guidance: float | None) -> FlowDenoiser:
+    def denoiser_for(self, guidance: float | None, controlnet=None, control_scale: float = 1.0) -> FlowDenoiser:
         """The denoiser of a run with ``guidance`` (dev: the embedded value, default 3.5;
-        schnell: must be None). The engine's own classifier-free guidance stays off."""
+        schnell: must be None), and a ``FluxControlNetModel`` if given. The engine's own
+        classifier-free guidance stays off."""
         if self.guidance_embedded:
             g = FLUX_GUIDANCE if guidance is None else float(guidance)
         else:
@@ -150,7 +177,16 @@ class FluxModel(DiTModel):
                 raise ValueError(f"--guidance {guidance}: this FLUX checkpoint has guidance_embeds=False "
                                  "(schnell-like, distilled without guidance); it takes no guidance value")
             g = None
-        return FlowDenoiser(FluxVelocity(self.transformer, g, int(self.scheduler.config.num_train_timesteps)))
+        return FlowDenoiser(FluxVelocity(self.transformer, g, int(self.scheduler.config.num_train_timesteps),
+                                         controlnet=controlnet, control_scale=control_scale))
+
+    def control_input(self, crop: torch.Tensor, controlnet) -> torch.Tensor:
+        """A window's control pixels (1, 3, H, W) in [0, 1] -> what its ControlNet takes: the VAE
+        latents of the pixels in [-1, 1] (InstantX-style), or those pixels (an input hint block)."""
+        px = crop * 2 - 1
+        if controlnet.input_hint_block is not None:
+            return px
+        return self.vae_encode(px)
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str | Sequence[str], negative_prompt: str | None = None,

@@ -324,6 +324,10 @@ class SDModel:
     def is_sdxl(self) -> bool:
         return self.text_encoder_2 is not None
 
+    def control_input(self, crop: torch.Tensor, controlnet=None) -> torch.Tensor:
+        """A window's control pixels (1, 3, H, W) in [0, 1], as the SD ControlNets take them."""
+        return crop
+
     def controlled(self, controlnet, scale: float = 1.0) -> SDDenoiser:
         """This model's denoiser with a ControlNet (the UNet is shared, not copied)."""
         return SDDenoiser(self.unet, self.prediction_type, sdxl=self.is_sdxl, controlnet=controlnet.eval(),

@@ -151,17 +151,24 @@ def _read_index(path: Path) -> dict:
     return _read_json(path / "model_index.json")
 
 
-def engine_model(sd: Any, config: EngineConfig, height: int, width: int):
+def engine_model(sd: Any, config: EngineConfig, height: int, width: int, control: tuple | None = None):
     """(denoiser, scheduler, engine config, pixel multiple) of a model for windows of
     ``height`` x ``width`` px. SD: its UNet denoiser and DDIM scheduler, classifier-free guidance
     in the engine. FLUX: the flow denoiser with ``config.guidance_scale`` as the embedded value
     (dev; None for schnell), the pipeline's schedule for that window size, no CFG rows. SD3: the
-    flow denoiser, its scheduler's grid, classifier-free guidance in the engine."""
+    flow denoiser, its scheduler's grid, classifier-free guidance in the engine. ``control``:
+    (ControlNet, scale) -- the denoiser runs it (SD 1.x/2.x, SDXL, FLUX)."""
+    if control is not None and is_dit(sd) and not is_flux(sd):
+        raise ValueError(f"ControlNets for {type(sd).__name__} are not supported yet (SD 1.x/2.x, SDXL "
+                         "and FLUX.1 are)")
+    cn, scale = control if control is not None else (None, 1.0)
     if is_dit(sd):
-        den = sd.denoiser_for(config.guidance_scale if getattr(sd, "guidance_embedded", False) else None)
+        g = config.guidance_scale if getattr(sd, "guidance_embedded", False) else None
+        den = sd.denoiser_for(g, controlnet=cn, control_scale=scale) if cn is not None else sd.denoiser_for(g)
         cfg = replace(config, guidance_scale=sd.engine_guidance(config.guidance_scale))
         return den, sd.scheduling(height, width), cfg, sd.pixel_multiple
-    return sd.denoiser, sd.scheduler, config, sd.vae_scale_factor
+    den = sd.controlled(cn, scale) if cn is not None else sd.denoiser
+    return den, sd.scheduler, config, sd.vae_scale_factor
 
 
 def default_guidance(sd: Any, given: float | None) -> float:
@@ -351,16 +358,13 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
     f = sd.vae_scale_factor
     window = sd.image_size if window is None else window
     win_h = min(height, window)
-    den, sched, config, multiple = engine_model(sd, config, win_h, window)
     if control is not None:
-        if is_dit(sd):
-            raise ValueError(f"ControlNets for {type(sd).__name__} are not supported yet (SD 1.x/2.x "
-                             "and SDXL ControlNetModel are)")
         cn, control_image, scale = control
         if tuple(control_image.shape[-2:]) != (height, width):
             raise ValueError(f"the control image is {tuple(control_image.shape[-2:])} px; the canvas is "
                              f"{(height, width)}")
-        den = sd.controlled(cn, scale)
+    den, sched, config, multiple = engine_model(sd, config, win_h, window,
+                                                None if control is None else (cn, scale))
     stride = default_stride(window, multiple) if stride is None else stride
     plan = canvas_plan(width, height, window, stride, f, multiple, loop=loop)
     per_window = expand_prompts(prompts, plan)
@@ -380,8 +384,8 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
         if control is not None:  # this window's crop, for the guided and the unguided row alike
             from .adapters import window_crop
 
-            more["control"] = window_crop(control_image[..., y0 * f:(y0 + h) * f, :], w.start, w.size,
-                                          length, f)
+            crop = window_crop(control_image[..., y0 * f:(y0 + h) * f, :], w.start, w.size, length, f)
+            more["control"] = sd.control_input(crop, cn)
         if more:
             c = {**as_dict(c), **more}
             return c, (None if uncond0 is None else {**as_dict(uncond0), **more})
