@@ -358,3 +358,48 @@ def test_flux_controlnet_one_window_equals_flux_controlnet_pipeline(tmp_path, mo
     (sd_cn / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel", "cross_attention_dim": 768}))
     with pytest.raises(ValueError, match="is a ControlNetModel; the model is FLUX.1 and takes a FluxControlNetModel"):
         panorama(model, "a mountain lake", 32, 32, controlnet=str(sd_cn), control_image=control, **kw)
+
+
+@pytest.mark.parametrize("zeros", [True, False], ids=["instantx", "pooled"])
+def test_sd3_controlnet_one_window_equals_sd3_controlnet_pipeline(tmp_path, monkeypatch, zeros):
+    """A tiny SD3ControlNetModel of the tiny SD3 transformer's shape (its zero layers filled with
+    small random weights), with and without forced zero pooled projections: one window with CFG 7
+    equals StableDiffusion3ControlNetPipeline from the same latents (the posterior's sample made
+    its mode, as for FLUX)."""
+    from diffusers import SD3ControlNetModel, StableDiffusion3ControlNetPipeline, StableDiffusion3Pipeline
+    from diffusers.models.autoencoders import vae as vae_mod
+
+    from tests.test_sd3 import MAX_TOKENS, build_sd3
+
+    path = build_sd3(str(tmp_path / "s"), with_t5=True)
+    torch.manual_seed(6)
+    cn = SD3ControlNetModel(sample_size=16, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+                            num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64,
+                            pooled_projection_dim=64, out_channels=4, pos_embed_max_size=32,
+                            force_zeros_for_pooled_projection=zeros)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for mod in [*cn.controlnet_blocks, cn.pos_embed_input]:
+            for prm in mod.parameters():
+                prm.copy_(0.2 * torch.randn(prm.shape, generator=g))
+    cn.save_pretrained(str(tmp_path / "cn"))
+    control = Image.open(_control_png(tmp_path / "c.png", 32, 32, seed=3))
+    noise = NoiseField(5, (4, 16, 16), -1, torch.float32, "cpu")(0, 16)
+
+    base = StableDiffusion3Pipeline.from_pretrained(path)
+    pipe = StableDiffusion3ControlNetPipeline(**base.components,
+                                              controlnet=SD3ControlNetModel.from_pretrained(str(tmp_path / "cn")))
+    pipe.set_progress_bar_config(disable=True)
+    monkeypatch.setattr(vae_mod.DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+    ref = pipe("a mountain lake", control_image=control, height=32, width=32, num_inference_steps=4,
+               guidance_scale=7.0, controlnet_conditioning_scale=0.7, output_type="latent",
+               max_sequence_length=MAX_TOKENS, latents=noise[None]).images[0]
+    monkeypatch.undo()
+
+    model = load_model(path)
+    model.max_sequence_length = MAX_TOKENS
+    kw = dict(window=32, steps=4, method="ddim", seed=5, guidance_scale=7.0, output_type="latent")
+    got = panorama(model, "a mountain lake", 32, 32, controlnet=str(tmp_path / "cn"), control_image=control,
+                   controlnet_conditioning_scale=0.7, **kw)
+    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max(), float((got - ref).abs().max())
+    assert (panorama(model, "a mountain lake", 32, 32, **kw) - ref).abs().max() > 1e-2

@@ -10,7 +10,7 @@ loaded the file's keys are read to tell which family it was made for, because di
 LoRA whose keys name another family's modules with only a warning; a mismatch is refused naming
 both. Only ``.safetensors`` files are read (no pickles).
 
-ControlNet (``--controlnet DIR --control IMAGE``, SD 1.x/2.x, SDXL and FLUX.1). The control image
+ControlNet (``--controlnet DIR --control IMAGE``, SD 1.x/2.x, SDXL, FLUX.1 and SD3). The control image
 is resized once to the canvas size, as diffusers' ControlNet pipelines do for the whole image
 (``VaeImageProcessor(do_normalize=False).preprocess(image, height, width)``: RGB, [0, 1]); each
 window then gets its own crop of it, in its condition, so the blended evaluations of ALM see the
@@ -19,7 +19,9 @@ The UNet takes the ControlNet's residuals scaled by ``conditioning_scale`` as
 ``StableDiffusionControlNetPipeline`` passes them. FLUX (``FluxControlNetModel``): the crop goes to
 [-1, 1] and, for InstantX-style ControlNets, through the VAE (``(mode - shift) * scaling``, once
 per window; ``FluxControlNetPipeline`` draws a sample of the VAE posterior instead, whose spread is
-tiny) and is packed; the transformer takes the ControlNet's block samples. A control image whose aspect ratio differs from
+tiny) and is packed; the transformer takes the ControlNet's block samples. SD3
+(``SD3ControlNetModel``): the crop's VAE latents likewise (no shift factor for ControlNets that
+force zero pooled projections, as the pipeline does). A control image whose aspect ratio differs from
 the canvas's by more than :data:`ASPECT_TOLERANCE` is refused rather than stretched.
 """
 
@@ -31,6 +33,8 @@ from typing import Any, Sequence
 
 
 LORA_FAMILIES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "flux": "FLUX.1", "sd3": "SD3"}
+CONTROLNET_CLASSES = {"sd": "ControlNetModel", "sdxl": "ControlNetModel", "flux": "FluxControlNetModel",
+                      "sd3": "SD3ControlNetModel"}
 ASPECT_TOLERANCE = 0.02   # relative difference of width/height allowed between control image and canvas
 _CROSS_WIDTHS = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 
@@ -225,14 +229,11 @@ def check_controlnet(path: str | Path, family: str | None, cross: int | None) ->
     "sd3"; ``cross``: the UNet's cross-attention width), before anything heavy is loaded."""
     cfg = _controlnet_config(path)
     cls = cfg.get("_class_name")
-    if family == "sd3":
-        raise ValueError("--controlnet: ControlNets for SD3 are not supported yet (SD 1.x/2.x, SDXL "
-                         "and FLUX.1 are)")
-    if family == "flux" or cls == "FluxControlNetModel":
-        if cls != "FluxControlNetModel" or family != "flux":
+    want = CONTROLNET_CLASSES.get(family, "ControlNetModel")
+    if family in ("flux", "sd3") or cls in ("FluxControlNetModel", "SD3ControlNetModel"):
+        if cls != want:
             raise ValueError(f"--controlnet {path} is a {cls}; the model is "
-                             f"{LORA_FAMILIES.get(family, 'SD')} and takes a "
-                             f"{'FluxControlNetModel' if family == 'flux' else 'ControlNetModel'}")
+                             f"{LORA_FAMILIES.get(family, 'SD')} and takes a {want}")
         return
     if cls != "ControlNetModel":
         raise ValueError(f"--controlnet {path} is a {cls}; the model is {LORA_FAMILIES.get(family, 'SD')} "
@@ -253,7 +254,7 @@ def load_controlnet(path: str | Path, model: Any):
     family = model_family(model)
     cross = int(model.unet.config.cross_attention_dim) if family in ("sd", "sdxl") else None
     check_controlnet(path, family, cross)
-    cls = diffusers.FluxControlNetModel if family == "flux" else diffusers.ControlNetModel
+    cls = getattr(diffusers, CONTROLNET_CLASSES[family])
     cn = cls.from_pretrained(str(Path(path).expanduser()), **_dtype_kwargs("diffusers", model.dtype))
     return cn.to(model.device).eval()
 

@@ -28,11 +28,19 @@ SD3_MAX_TOKENS = 256    # its default max_sequence_length
 
 class SD3Velocity:
     """``(x_flow (B, C, h, w), t (B,), cond) -> v``: the transformer as the SD3 pipeline calls it.
-    ``cond``: ``{"prompt_embeds": (B, L, D), "pooled": (B, P)}``."""
+    ``cond``: ``{"prompt_embeds": (B, L, D), "pooled": (B, P)}``.
 
-    def __init__(self, transformer, num_train_timesteps: int = 1000):
+    With a ``controlnet`` (``SD3ControlNetModel``) the condition also holds ``control``, the
+    window's control latents ``(B, C, h, w)``; the ControlNet sees the latents, timestep, text
+    states (none when its config has no ``joint_attention_dim``) and the pooled projection (zeros
+    when it forces them), and the transformer takes its block samples, as
+    ``StableDiffusion3ControlNetPipeline`` passes them."""
+
+    def __init__(self, transformer, num_train_timesteps: int = 1000, controlnet=None,
+                 control_scale: float = 1.0):
         self.transformer = transformer
         self.num_train_timesteps = num_train_timesteps
+        self.controlnet, self.control_scale = controlnet, float(control_scale)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
@@ -42,9 +50,24 @@ class SD3Velocity:
         cond = expand_cond(cond, B)
         # the pipeline's timestep: the scheduler's float32 sigma * 1000
         ts = (torch.as_tensor(t).reshape(-1).expand(B).to(torch.float32) * self.num_train_timesteps).to(dev)
-        out = tr(hidden_states=x.to(device=dev, dtype=dt), timestep=ts,
-                 encoder_hidden_states=cond["prompt_embeds"].to(device=dev, dtype=dt),
-                 pooled_projections=cond["pooled"].to(device=dev, dtype=dt), return_dict=False)[0]
+        hs = x.to(device=dev, dtype=dt)
+        emb = cond["prompt_embeds"].to(device=dev, dtype=dt)
+        pooled = cond["pooled"].to(device=dev, dtype=dt)
+        extra = {}
+        if self.controlnet is not None:
+            cn = self.controlnet
+            ctrl = cond.get("control") if isinstance(cond, dict) else None
+            if ctrl is None:
+                raise ValueError("a ControlNet denoiser needs the window's control image in its "
+                                 "condition (key 'control')")
+            cn_pooled = torch.zeros_like(pooled) if cn.config.force_zeros_for_pooled_projection else pooled
+            cn_emb = emb if cn.config.joint_attention_dim is not None else None
+            blocks = cn(hidden_states=hs, timestep=ts, encoder_hidden_states=cn_emb,
+                        pooled_projections=cn_pooled, controlnet_cond=ctrl.to(device=dev, dtype=cn.dtype),
+                        conditioning_scale=self.control_scale, return_dict=False)[0]
+            extra["block_controlnet_hidden_states"] = blocks
+        out = tr(hidden_states=hs, timestep=ts, encoder_hidden_states=emb, pooled_projections=pooled,
+                 return_dict=False, **extra)[0]
         return out.to(device=x.device, dtype=x.dtype)
 
 
@@ -71,8 +94,20 @@ class SD3Model(DiTModel):
         """Classifier-free guidance runs in the engine (uncond + cond rows), as for SD."""
         return float(guidance)
 
-    def denoiser_for(self, guidance: float | None) -> FlowDenoiser:
-        return FlowDenoiser(SD3Velocity(self.transformer, int(self.scheduler.config.num_train_timesteps)))
+    def denoiser_for(self, guidance: float | None, controlnet=None, control_scale: float = 1.0) -> FlowDenoiser:
+        return FlowDenoiser(SD3Velocity(self.transformer, int(self.scheduler.config.num_train_timesteps),
+                                        controlnet=controlnet, control_scale=control_scale))
+
+    @torch.no_grad()
+    def control_input(self, crop: torch.Tensor, controlnet) -> torch.Tensor:
+        """A window's control pixels (1, 3, H, W) in [0, 1] -> the ControlNet's latents, as the
+        pipeline makes them: the VAE of the pixels in [-1, 1], ``(mode - shift) * scaling`` with
+        no shift for ControlNets that force zero pooled projections (InstantX's)."""
+        s, shift = self._scale_shift()
+        if controlnet.config.force_zeros_for_pooled_projection:
+            shift = 0.0
+        z = self.vae.encode((crop * 2 - 1).to(self.vae.device, self.vae.dtype)).latent_dist.mode()
+        return ((z - shift) * s).float()
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str | Sequence[str], negative_prompt: str | None = None,

@@ -158,9 +158,6 @@ def engine_model(sd: Any, config: EngineConfig, height: int, width: int, control
     (dev; None for schnell), the pipeline's schedule for that window size, no CFG rows. SD3: the
     flow denoiser, its scheduler's grid, classifier-free guidance in the engine. ``control``:
     (ControlNet, scale) -- the denoiser runs it (SD 1.x/2.x, SDXL, FLUX)."""
-    if control is not None and is_dit(sd) and not is_flux(sd):
-        raise ValueError(f"ControlNets for {type(sd).__name__} are not supported yet (SD 1.x/2.x, SDXL "
-                         "and FLUX.1 are)")
     cn, scale = control if control is not None else (None, 1.0)
     if is_dit(sd):
         g = config.guidance_scale if getattr(sd, "guidance_embedded", False) else None
