@@ -193,3 +193,21 @@ def test_tiny_sd_2048x1536_from_512px_windows(tiny_sd_path, tmp_path, capsys):  
     capsys.readouterr()
     img = panorama(str(tiny_sd_path), "a photo of a cat", 512, 384, steps=2, seed=0)
     assert np.array_equal(np.asarray(img), _png(small))
+
+
+def test_loop_on_a_2d_canvas_wraps_every_band(tmp_path, capsys):
+    """--loop with --height above the window: every band is a loop and the band decode wraps, so
+    the right edge continues into the left edge over the whole height (without --loop the same
+    edge joins two unrelated ends)."""
+    from longgen.stitch import seam_score
+
+    scores = {}
+    for loop in (True, False):
+        out = tmp_path / f"{loop}.png"
+        argv = ["panorama", "--width", "1024", "--height", "768", "--steps", "4", "--out", str(out), "--no-progress"]
+        assert main(argv + (["--loop"] if loop else [])) == 0
+        a = torch.tensor(_png(out), dtype=torch.float64).permute(2, 0, 1)
+        assert a.shape == (3, 768, 1024)
+        scores[loop] = seam_score(torch.roll(a, 512, dims=-1), [512], -1)
+    capsys.readouterr()
+    assert scores[True] < 3 and scores[False] > 100 * scores[True], scores
