@@ -90,11 +90,14 @@ def build_parser(plugins: dict) -> argparse.ArgumentParser:
         description="Long and wide generation with pretrained diffusion models: overlapping windows "
                     "sampled with ALM, streamed to disk, resumable.",
         epilog=f"modalities found (entry-point group {GROUP}): {names}")
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(plugins) + "}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join([*plugins, "batch"]) + "}")
     for name, plugin in plugins.items():
         p = sub.add_parser(name, help=plugin.help, description=plugin.help)
         plugin.add_arguments(p)
         add_common(p, getattr(plugin, "defaults", {}))
+    from . import batch
+
+    batch.add_parser(sub)
     return parser
 
 
@@ -116,6 +119,10 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "batch":
+        from . import batch
+
+        return batch.main(args, plugins, parser)
     from .run import check_output_path, run_job, work_dir
 
     plugin = plugins[args.command]
