@@ -56,9 +56,12 @@ def _noise(seed: int, w: int = 16) -> torch.Tensor:
 def _pipe(path, cls_name="StableDiffusionPipeline", **kw):
     import diffusers
 
-    pipe = getattr(diffusers, cls_name).from_pretrained(str(path), safety_checker=None,
-                                                        requires_safety_checker=False, **kw)
-    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    from longgen.modalities.image.sd import ddim_from
+
+    extra = dict(safety_checker=None, requires_safety_checker=False) if "XL" not in cls_name else {}
+    pipe = getattr(diffusers, cls_name).from_pretrained(str(path), **extra, **kw)
+    # DDIM with the checkpoint's betas and SD's clip/alpha settings (the SDXL checkpoint ships Euler)
+    pipe.scheduler = ddim_from(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -441,3 +444,30 @@ def test_lora_on_sd3_equals_sd3_pipeline_load_lora_weights(tmp_path):
     got = ours(lora=[f"{lora}:0.8"])
     assert (got - ref).abs().max() <= 1e-4 * ref.abs().max(), float((got - ref).abs().max())
     assert (ours() - ref).abs().max() > 1e-2
+
+
+def test_sdxl_controlnet_one_window_equals_diffusers_pipeline(tiny_sdxl_path, tmp_path):  # noqa: F811
+    """SDXL: a ControlNetModel from the tiny SDXL UNet (``from_unet`` keeps its text-time
+    embedding), random output convolutions; one window equals StableDiffusionXLControlNetPipeline."""
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(tiny_sdxl_path), subfolder="unet")
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for mod in [*cn.controlnet_down_blocks, cn.controlnet_mid_block, cn.controlnet_cond_embedding.conv_out]:
+            for prm in mod.parameters():
+                prm.copy_(0.2 * torch.randn(prm.shape, generator=g))
+    cn.save_pretrained(str(tmp_path / "cn"))
+    control = Image.open(_control_png(tmp_path / "c.png", 128, 128, seed=4))
+    base = _pipe(tiny_sdxl_path, "StableDiffusionXLPipeline")
+    pipe = StableDiffusionXLControlNetPipeline(**{k: v for k, v in base.components.items()
+                                                  if k not in ("image_encoder", "feature_extractor")},
+                                               controlnet=ControlNetModel.from_pretrained(str(tmp_path / "cn")))
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(PROMPT, image=control, height=128, width=128, num_inference_steps=4, guidance_scale=7.5,
+               controlnet_conditioning_scale=0.8, latents=_noise(3), output_type="np").images[0]
+    ours = panorama(load_model(tiny_sdxl_path), PROMPT, 128, 128, steps=4, method="ddim", seed=3,
+                    output_type="np", controlnet=str(tmp_path / "cn"), control_image=control,
+                    controlnet_conditioning_scale=0.8)
+    assert np.abs(ours - ref).max() <= 1e-4

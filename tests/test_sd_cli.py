@@ -196,6 +196,23 @@ def test_single_window_ddim_matches_diffusers_pipeline(tiny_sd_path):
     assert diff <= 1 / 255 + 1e-4, diff  # uint8 rounding only
 
 
+def test_single_window_ddim_matches_diffusers_sdxl_pipeline(tiny_sdxl_path):
+    """SDXL likewise (time ids, pooled text embeddings, zeros for the empty negative prompt): equal
+    to StableDiffusionXLPipeline with DDIM on the checkpoint's scheduler config (measured 0.0)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from longgen.modalities.image.sd import ddim_from
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl_path))
+    pipe.scheduler = ddim_from(pipe.scheduler.config)   # the checkpoint ships Euler
+    pipe.set_progress_bar_config(disable=True)
+    noise = NoiseField(3, (4, 16, 16), -1, torch.float32, "cpu")(0, 16)[None]
+    ref = pipe(PROMPT, height=128, width=128, num_inference_steps=4, guidance_scale=7.5,
+               latents=noise, output_type="np").images[0]
+    ours = panorama(str(tiny_sdxl_path), PROMPT, 128, 128, steps=4, method="ddim", seed=3, output_type="np")
+    assert np.abs(ours - ref).max() <= 1e-4
+
+
 def test_api_equals_cli_and_callback_chunks(tiny_sd_path, tmp_path, capsys):
     out = tmp_path / "cli.png"
     rc, _, err = _run(_pano(tiny_sd_path, out, "--width", "320", "--seed", "7", "--prompt", PROMPT),
