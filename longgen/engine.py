@@ -460,7 +460,7 @@ class Engine:
                 elif prev_i is not None:
                     x[_sl(ax, 0, w.new_from, x.ndim)] = prev_i
             if w.wrap and wrap_src is not None:
-                if wrap_src == "live":
+                if isinstance(wrap_src, str):  # "live"
                     part = self._slice(y_now[0], 0, w.wrap)
                 else:
                     part = wrap_src(i) if callable(wrap_src) else wrap_src[i]

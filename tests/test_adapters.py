@@ -471,3 +471,25 @@ def test_sdxl_controlnet_one_window_equals_diffusers_pipeline(tiny_sdxl_path, tm
                     output_type="np", controlnet=str(tmp_path / "cn"), control_image=control,
                     controlnet_conditioning_scale=0.8)
     assert np.abs(ours - ref).max() <= 1e-4
+
+
+def test_lora_applies_to_inpainting_too(tiny_sd_path, tiny_lora, tmp_path, capsys):  # noqa: F811
+    """``longgen inpaint --lora``: the LoRA changes the filled hole; the kept pixels of the blended
+    output stay the source's."""
+    src = _control_png(tmp_path / "src.png", 128, 128, seed=6)
+    mask = np.zeros((128, 128), np.uint8)
+    mask[32:96, 32:96] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    outs = {}
+    for name, extra in (("plain", []), ("lora", ["--lora", f"{tiny_lora}:0.9"])):
+        out = tmp_path / f"{name}.png"
+        rc = main(["inpaint", "--model", str(tiny_sd_path), "--image", str(src), "--mask", str(tmp_path / "mask.png"),
+                   "--steps", "3", "--prompt", PROMPT, "--out", str(out), "--no-progress", *extra])
+        assert rc == 0
+        outs[name] = _png(out)
+    capsys.readouterr()
+    hole = (slice(40, 88), slice(40, 88))
+    assert np.abs(outs["plain"][hole].astype(int) - outs["lora"][hole].astype(int)).max() > 10
+    blended = _png(tmp_path / "lora-blended.png")
+    far = (slice(0, 16), slice(0, 128))   # more than the blend's reach from the hole
+    assert np.array_equal(blended[far], _png(src)[far])

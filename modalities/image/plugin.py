@@ -62,7 +62,7 @@ class Panorama:
                        help="a 360-degree panorama: the right edge continues into the left edge (the "
                             "last window observes the first one too; the decode wraps around)")
         p.add_argument("--controlnet", default=None, metavar="DIR",
-                       help="a diffusers ControlNetModel for the checkpoint (SD 1.x/2.x, SDXL); needs --control")
+                       help="a diffusers ControlNet directory for the checkpoint's family (ControlNetModel for SD 1.x/2.x and SDXL, FluxControlNetModel, SD3ControlNetModel); needs --control")
         p.add_argument("--control", type=Path, default=None, metavar="IMAGE",
                        help="the control image (canny, depth, tile, ...) of the whole canvas, resized to "
                             "it; each window is conditioned on its own crop")
