@@ -266,27 +266,33 @@ def test_controlnet_bad_input_is_refused(tiny_sd_path, tiny_controlnet, tmp_path
 # --------------------------------------------------------------------------- LoRA on FLUX
 
 
+def _transformer_lora(pipe, folder: Path, seed: int) -> Path:
+    """A peft LoRA (random A and B) on ``pipe.transformer``'s attention projections, saved by the
+    pipeline class's own ``save_lora_weights``; the file's path."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    tr = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                            target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
+                                 pipe.transformer)
+    type(pipe).save_lora_weights(str(folder), transformer_lora_layers=get_peft_model_state_dict(tr),
+                                 safe_serialization=True)
+    return folder / "pytorch_lora_weights.safetensors"
+
+
 def test_lora_on_flux_equals_flux_pipeline_load_lora_weights(tmp_path, tiny_lora):
     """A peft LoRA on the tiny FLUX transformer (dev-like), saved with FluxPipeline.save_lora_weights:
     one ``ddim`` (Euler) window through longgen with ``lora=`` equals FluxPipeline after
     load_lora_weights / set_adapters from the same latents (float32; bound 1e-4 of max|ref|, as
     for FLUX without a LoRA), and differs from the run without it; an SD LoRA is refused."""
     from diffusers import FluxPipeline
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
 
     from longgen.modalities.image.flux import pack, unpack
     from tests.test_flux import MAX_TOKENS, build_flux
 
     path = build_flux(str(tmp_path / "f"), guidance_embeds=True)
-    pipe = FluxPipeline.from_pretrained(path)
-    torch.manual_seed(3)
-    tr = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                            target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
-                                 pipe.transformer)
-    FluxPipeline.save_lora_weights(str(tmp_path / "lora"), transformer_lora_layers=get_peft_model_state_dict(tr),
-                                   safe_serialization=True)
-    lora = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    lora = _transformer_lora(FluxPipeline.from_pretrained(path), tmp_path / "lora", seed=3)
 
     ref_pipe = FluxPipeline.from_pretrained(path)
     ref_pipe.set_progress_bar_config(disable=True)
@@ -412,21 +418,12 @@ def test_lora_on_sd3_equals_sd3_pipeline_load_lora_weights(tmp_path):
     """As for FLUX: a peft LoRA on the tiny SD3 transformer, one window with CFG 7 through longgen
     equals StableDiffusion3Pipeline after load_lora_weights / set_adapters."""
     from diffusers import StableDiffusion3Pipeline
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
 
     from tests.test_sd3 import MAX_TOKENS, build_sd3
 
     path = build_sd3(str(tmp_path / "s"), with_t5=False)
-    pipe = StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None, tokenizer_3=None)
-    torch.manual_seed(8)
-    tr = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                            target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
-                                 pipe.transformer)
-    StableDiffusion3Pipeline.save_lora_weights(str(tmp_path / "lora"),
-                                               transformer_lora_layers=get_peft_model_state_dict(tr),
-                                               safe_serialization=True)
-    lora = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    lora = _transformer_lora(StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None, tokenizer_3=None),
+                             tmp_path / "lora", seed=8)
     ref_pipe = StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None, tokenizer_3=None)
     ref_pipe.set_progress_bar_config(disable=True)
     ref_pipe.load_lora_weights(str(lora), adapter_name="ref")

@@ -510,7 +510,7 @@ def _check_window_args(args) -> None:
 def _check_control_args(args) -> None:
     """--controlnet / --control checks that need no model: both given, the ControlNet's config
     fits the checkpoint's family, the image's aspect fits the canvas."""
-    from .adapters import _controlnet_config, check_control_aspect, check_controlnet, checkpoint_family
+    from .adapters import check_control_aspect, check_controlnet, checkpoint_family
     from .inpainting import read_picture
     from .sd import _read_json
 
@@ -522,7 +522,6 @@ def _check_control_args(args) -> None:
     family = checkpoint_family(args.model)
     unet_cfg = Path(args.model).expanduser() / "unet" / "config.json"
     cross = _read_json(unet_cfg).get("cross_attention_dim") if unet_cfg.is_file() else None
-    _controlnet_config(cn)
     check_controlnet(cn, family, cross)
     if not Path(img).is_file():
         raise ValueError(f"--control {img}: no such file")
