@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .distributed import init_distributed, rank_device, world
+
 RESERVED = {"resume": "the batch resumes interrupted requests itself",
             "overwrite": "the batch never replaces a finished output"}
 
@@ -128,47 +130,6 @@ def read_requests(path: Path, out_dir: Path, plugins: dict, parser) -> list[tupl
     return out
 
 
-# ---------------------------------------------------------------------------- ranks
-
-
-def world() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) when run alone."""
-    env = os.environ
-    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
-
-
-def _init_distributed(size: int, local_rank: int):
-    """The process group under torchrun (NCCL with GPUs, gloo otherwise); None when alone."""
-    if size <= 1:
-        return None
-    import torch
-    import torch.distributed as dist
-
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    if dist.is_initialized():
-        return dist
-    backend = "nccl" if cuda else "gloo"
-    env = os.environ
-    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-        # torchrun's agent hosts the store; key this attempt's group by the restart count, so a
-        # restarted group never reads the addresses its killed predecessor left there
-        store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), size, is_master=False)
-        prefix = f"longgen-batch/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-        dist.init_process_group(backend, store=dist.PrefixStore(prefix, store), rank=int(env["RANK"]),
-                                world_size=size)
-    else:
-        dist.init_process_group(backend)
-    return dist
-
-
-def _device(local_rank: int) -> str:
-    import torch
-
-    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-
-
 def _append(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -230,7 +191,7 @@ def _main(args, plugins: dict, parser) -> int:
     except (BadRequests, OSError) as e:
         print(f"longgen batch: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    dist = _init_distributed(size, local_rank)
+    dist = init_distributed(size, local_rank, "longgen-batch")
     log_dir = out_dir / ".longgen-batch"
     log_dir.mkdir(exist_ok=True)
     log = log_dir / f"rank_{rank}.jsonl"
@@ -247,8 +208,8 @@ def _main(args, plugins: dict, parser) -> int:
         if state == "finished":
             rec.update(status="skipped", seconds=0.0, outputs=[str(a.out)])
         else:
-            if "device" not in req:
-                a.device = _device(local_rank)
+            if "device" not in req and a.model != "builtin":  # the builtin priors run on the CPU
+                a.device = rank_device(local_rank)
             t0 = time.perf_counter()
             _append(log, {**rec, "status": "started"})
             try:

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -126,6 +127,12 @@ def main(argv=None) -> int:
     from .run import check_output_path, run_job, work_dir
 
     plugin = plugins[args.command]
+    from .distributed import world
+
+    if world()[1] > 1:  # under torchrun with several ranks: one output, its windows pipelined
+        from . import pipeline
+
+        return pipeline.main(args, plugin, argv)
     try:
         # the output is checked before a model is loaded or a window sampled
         check_output_path(args.out, resume=args.resume, overwrite=args.overwrite)
@@ -134,7 +141,9 @@ def main(argv=None) -> int:
         if not args.no_progress:
             from tqdm.auto import tqdm
             progress = tqdm
+        t0 = time.perf_counter()
         paths = run_job(job, resume=args.resume, overwrite=args.overwrite, progress=progress)
+        seconds = round(time.perf_counter() - t0, 3)
     except KeyboardInterrupt:
         if (work_dir(args.out) / "state.pt").exists():
             print(f"\nlonggen {args.command}: interrupted; continue with --resume", file=sys.stderr)
@@ -148,7 +157,7 @@ def main(argv=None) -> int:
         print(f"longgen {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     print(json.dumps({"outputs": [str(p) for p in paths], "windows": len(job.engine.plan),
-                      "forwards": job.engine.forwards, **job.info}))
+                      "forwards": job.engine.forwards, **job.info, "seconds": seconds}))
     return 0
 
 

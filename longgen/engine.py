@@ -230,6 +230,12 @@ class Engine:
         self.prev_traj: list[torch.Tensor] | None = None  # its per-step latents (trajectory)
         self.progress = progress
         self.forwards = 0
+        # hooks for a run pipelined across ranks (longgen.pipeline): ``on_strip(i, strip, head)``
+        # gets each step's recorded overlap for the next window (and a loop's first-window strip,
+        # or None) as it is recorded; ``before_finish()`` runs once a group's steps are done,
+        # before ``replace`` reads the neighbours' finished latents
+        self.on_strip: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None
+        self.before_finish: Callable[[], None] | None = None
 
     def use_latents(self, latents: torch.Tensor) -> None:
         """Take the whole output's initial noise from ``latents`` (the window shape with the long
@@ -498,6 +504,8 @@ class Engine:
                 traj.append(self._slice(y[-1], d, d + nxt.new_from).clone())
             if keep_first:
                 first_traj.append(self._slice(y[0], 0, n_hold).clone())
+            if self.on_strip is not None and keep_traj:
+                self.on_strip(i, traj[-1], first_traj[-1] if keep_first else None)
             prev_i = overlap_from_prev(i) if prev_src is not None else None
             if plain:
                 y = step(ev, sch, i, y, y, mask, act, cfg.w1, cfg.w2, gen)
@@ -507,6 +515,8 @@ class Engine:
             else:
                 x_t = torch.stack([x_of(b, i, y, prev_i) for b in range(G)])
                 y = step(ev, sch, i, y, x_t, mask, act, cfg.w1, cfg.w2, gen)
+        if self.before_finish is not None:
+            self.before_finish()
         if cfg.method == "replace":  # the observed region is X_0 exactly: neighbours' finals, given
             x0 = torch.zeros_like(y)
             for b, w in enumerate(group):
