@@ -1,5 +1,6 @@
 """torch.distributed set-up shared by ``longgen batch`` and pipelined runs: torchrun's environment,
-the process group (NCCL when the rank has a GPU, gloo otherwise) and each rank's device."""
+the process group (gloo for CPU tensors, and NCCL for CUDA tensors when the rank has a GPU) and
+each rank's device."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def restart_count() -> int:
 
 
 def init_distributed(size: int, local_rank: int, name: str):
-    """The process group under torchrun (NCCL with GPUs, gloo otherwise); None when alone.
+    """The process group under torchrun (gloo, plus NCCL for CUDA tensors with GPUs); None when alone.
 
     Under torchrun's agent the store is the agent's; this attempt's keys are prefixed with
     ``name`` and the restart count, so a restarted group never reads the addresses its killed

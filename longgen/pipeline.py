@@ -9,9 +9,11 @@ left. Window k runs on rank ``(k - k0) % P``, where k0 is the first window of th
 the window a resumed run continues from). Plain DDIM/DDPM windows observe nothing and run
 independently.
 
-What travels, point to point. gloo gets a tag for each window and kind of message. Both sides of
-every pair of ranks also post the messages in the same order, which is what NCCL (no tags) matches
-by.
+What travels, point to point, always through gloo on the CPU (also when the ranks compute on GPUs;
+a strip is kilobytes, and its device-to-host copy is small next to one forward of a real model).
+gloo gets a tag for each window and kind of message, and gloo's sends are asynchronous. NCCL
+would match point-to-point messages by their order on a stream instead of by tag, and this
+pipeline sends both ways between rank 0 and its neighbours, which NCCL could deadlock on.
 
 * every step, owner(k) -> owner(k+1): the overlap strip window k+1 observes (the window shape,
   with the long axis as long as the overlap). This is the only traffic per step;
@@ -81,8 +83,9 @@ def check_job(engine, size: int) -> None:
                          "the run, or run it in one process")
     n = len(engine.plan)
     if n < size:
-        raise ValueError(f"the output has {n} windows; a run pipelined across {size} ranks needs at least "
-                         f"{size}: use --nproc-per-node {n} or fewer, or make the output longer")
+        fewer = f"use --nproc-per-node {n} or fewer" if n > 1 else "run it in one process"
+        raise ValueError(f"the output has {n} window{'s' if n != 1 else ''}; a run pipelined across {size} "
+                         f"ranks needs at least {size}: {fewer}, or make the output longer")
 
 
 class _Stream:
@@ -155,16 +158,16 @@ class Pipeline:
         return (k - self.k0) % self.size
 
     def send(self, t, dst: int, tag: int) -> None:
-        t = t.contiguous()
+        t = t.detach().to("cpu").contiguous()   # gloo: CPU tensors (a copy from a GPU)
         self.sent.append((self.dist.isend(t, dst, tag=tag), t))
         self.bytes_sent += t.numel() * t.element_size()
         self.messages += 1
         self.sent = [(w, x) for w, x in self.sent if not w.is_completed()]
 
     def recv(self, shape: tuple, src: int, tag: int):
-        t = self.torch.empty(shape, dtype=self.eng.dtype, device=self.eng.device)
+        t = self.torch.empty(shape, dtype=self.eng.dtype)
         self.dist.recv(t, src, tag=tag)
-        return t
+        return t.to(self.eng.device)
 
     def drain(self) -> None:
         for w, _ in self.sent:

@@ -4,7 +4,10 @@ Strips live in the run's work directory (``strip_00000.png`` ...), each readable
 interrupted run leaves a viewable partial panorama; the resume state holds each strip's sha256 and
 ``--resume`` refuses a strip that changed. The final PNG is assembled from the strips in
 bands of rows and compressed as a stream (:func:`write_png_stream`), so assembling a 32768-px
-panorama holds one band, not the whole image; it is written atomically.
+panorama holds one band, not the whole image; it is written atomically. A band is as many rows as
+fit in ``BAND_BYTES`` (every strip is decoded once per band; a 6272 x 512 panorama is one band).
+The strips are intermediate files, written with zlib level 1 (about 4x faster than PIL's default 6
+on a 384 x 512 strip here: 20 ms against 78 ms, 25 % larger); the final PNG keeps level 6.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
+
+BAND_BYTES = 64 << 20   # RGB bytes of one band of the final panorama while it is assembled
+STRIP_LEVEL = 1         # zlib level of the intermediate strips
+IDAT_BYTES = 1 << 16    # size of the final PNG's IDAT chunks
 
 if TYPE_CHECKING:  # torch is imported where it is used: `longgen --help` does not load it
     import torch
@@ -77,7 +84,7 @@ class PNGStripWriter:
 
         arr = to_uint8(media)
         buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
+        Image.fromarray(arr).save(buf, format="PNG", compress_level=STRIP_LEVEL)
         self.digests.append(write_part(self._path(self.strips), buf.getvalue()))
         self.strips += 1
         self.width += arr.shape[1 if self.along == "width" else 0]  # the height, for bands
@@ -85,15 +92,19 @@ class PNGStripWriter:
     def state(self) -> dict:
         return {"strips": self.strips, "width": self.width, "sha256": list(self.digests)}
 
-    def close(self, band: int = 64) -> list[Path]:
+    def close(self, band: int | None = None) -> list[Path]:
+        """Assemble the final PNG in bands of ``band`` rows (default: as many as ``BAND_BYTES``
+        holds across the whole width, at least 64)."""
         from PIL import Image
 
         paths = [self._path(k) for k in range(self.strips)]
         if not paths:
             raise ValueError("no strips were written")
         if self.along == "height":
-            return self._close_bands(paths, band)
+            return self._close_bands(paths, band or 64)
         height = Image.open(paths[0]).size[1]
+        if band is None:
+            band = max(64, BAND_BYTES // (3 * max(self.width, 1)))
 
         def bands():  # decode each strip once per band: one band of the panorama in memory
             for top in range(0, height, band):
@@ -144,9 +155,10 @@ def _chunk(f, kind: bytes, data: bytes) -> None:
 def write_png_stream(path: Path, width: int, height: int, bands: Iterable[np.ndarray]) -> None:
     """Write an 8-bit RGB PNG from bands of rows ((h, width, 3) uint8, top to bottom) without
     holding the image: each row is filtered with filter 0 and fed to one zlib stream (PNG spec,
-    ISO/IEC 15948 sections 5-6, 10-11)."""
+    ISO/IEC 15948 sections 5-6, 10-11). The compressed stream goes out in IDAT chunks of
+    ``IDAT_BYTES`` (the last one shorter), so the file does not depend on how the rows were banded."""
     comp = zlib.compressobj(6)
-    seen = 0
+    seen, pending = 0, bytearray()
     with open(path, "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n")
         _chunk(f, b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
@@ -154,11 +166,14 @@ def write_png_stream(path: Path, width: int, height: int, bands: Iterable[np.nda
             if rows.shape[1:] != (width, 3) or rows.dtype != np.uint8:
                 raise ValueError(f"band of shape {rows.shape} {rows.dtype}; expected (h, {width}, 3) uint8")
             raw = np.concatenate([np.zeros((rows.shape[0], 1), np.uint8), rows.reshape(rows.shape[0], -1)], 1)
-            data = comp.compress(raw.tobytes())
-            if data:
-                _chunk(f, b"IDAT", data)
+            pending += comp.compress(raw.tobytes())
+            while len(pending) >= IDAT_BYTES:
+                _chunk(f, b"IDAT", bytes(pending[:IDAT_BYTES]))
+                del pending[:IDAT_BYTES]
             seen += rows.shape[0]
-        _chunk(f, b"IDAT", comp.flush())
+        pending += comp.flush()
+        for k in range(0, len(pending), IDAT_BYTES):
+            _chunk(f, b"IDAT", bytes(pending[k:k + IDAT_BYTES]))
         _chunk(f, b"IEND", b"")
     if seen != height:
         raise ValueError(f"wrote {seen} rows, expected {height}")
