@@ -20,6 +20,29 @@ def test_png_stream_round_trip(tmp_path):
         write_png_stream(tmp, 37, 100, iter([img[:50]]))
 
 
+def test_png_stream_bytes_do_not_depend_on_the_banding(tmp_path):
+    """The compressed stream goes out in fixed-size IDAT chunks: any banding gives the same file
+    (a smooth image, so the stream spans several chunks)."""
+    from longgen.modalities.image import writers
+
+    rng = np.random.default_rng(1)
+    img = (rng.integers(0, 24, (300, 900, 3)) + np.arange(900)[None, :, None] // 4).astype(np.uint8)
+    files = []
+    for band in (1, 7, 64, 300):
+        path = tmp_path / f"b{band}.png"
+        write_png_stream(path, 900, 300, (img[i:i + band] for i in range(0, 300, band)))
+        files.append(path.read_bytes())
+    assert all(f == files[0] for f in files)
+    sizes, pos, data = [], 8, files[0]   # PNG chunks after the signature: length, type, data, crc
+    while pos < len(data):
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == b"IDAT":
+            sizes.append(n)
+        pos += 12 + n
+    assert len(sizes) >= 3 and set(sizes[:-1]) == {writers.IDAT_BYTES} and 0 < sizes[-1] <= writers.IDAT_BYTES
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b7.png")), img)
+
+
 def test_strip_writer_assembles_strips_and_drops_strips_after_the_saved_state(tmp_path):
     work = tmp_path / "w"
     work.mkdir()
