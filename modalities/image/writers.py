@@ -5,7 +5,9 @@ interrupted run leaves a viewable partial panorama; the resume state holds each 
 ``--resume`` refuses a strip that changed. The final PNG is assembled from the strips in
 bands of rows and compressed as a stream (:func:`write_png_stream`), so assembling a 32768-px
 panorama holds one band, not the whole image; it is written atomically. A band is as many rows as
-fit in ``BAND_BYTES`` (every strip is decoded once per band; a 6272 x 512 panorama is one band).
+fit in ``BAND_BYTES``, at least 64. Every strip is decoded once per band: a 6272 x 512 panorama
+takes 2 bands, where fixed 64-row bands took 8. Assembling 85 strips of 384 x 512 px raised the
+peak RSS by 31 MiB, against 18 MiB with 64-row bands and 183 MiB with a 64 MiB budget.
 The strips are intermediate files, written with zlib level 1 (about 4x faster than PIL's default 6
 on a 384 x 512 strip here: 20 ms against 78 ms, 25 % larger); the final PNG keeps level 6.
 """
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-BAND_BYTES = 64 << 20   # RGB bytes of one band of the final panorama while it is assembled
+BAND_BYTES = 8 << 20    # RGB bytes of one band of the final panorama while it is assembled
 STRIP_LEVEL = 1         # zlib level of the intermediate strips
 IDAT_BYTES = 1 << 16    # size of the final PNG's IDAT chunks
 
