@@ -451,8 +451,10 @@ def _main(args, plugin, argv, dist, rank, size, local_rank, report) -> int:
     except Exception as e:
         if os.environ.get("LONGGEN_TRACEBACK"):
             raise
-        print(f"longgen {args.command}: error: {'' if rank == 0 else f'rank {rank}: '}{_one_line(e)}",
-              file=sys.stderr)
+        line = _one_line(e)
+        if rank != 0 and "closed by peer" in line:  # another rank stopped first and said why
+            line = "stopped: another rank ended the run (its error is reported above)"
+        print(f"longgen {args.command}: error: {'' if rank == 0 else f'rank {rank}: '}{line}", file=sys.stderr)
         return 2
     totals = pipe.totals()
     dist.barrier()

@@ -221,3 +221,41 @@ def test_settings_that_cannot_overlap_are_refused():
     eng.wt, eng.plan = object(), [0, 1, 2]
     with pytest.raises(ValueError, match="pass --no-recentre"):
         check_job(eng, 2)
+
+
+FULL_DISK = """
+import errno, os, sys
+from longgen.modalities.image import writers
+orig, calls = writers.PNGStripWriter.write, []
+def write(self, media):
+    calls.append(1)
+    if len(calls) == 3:
+        raise OSError(errno.ENOSPC, "No space left on device", str(self._path(self.strips)))
+    return orig(self, media)
+writers.PNGStripWriter.write = write
+from longgen.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_on_rank_0_stops_every_rank_and_resumes(panorama_reference, tmp_path):
+    """Rank 0's third strip fails with ENOSPC: rank 0 says so in one line, the other rank stops
+    (no hang: the command ends), the two finished strips and the state stay; --resume, pipelined,
+    gives one process's bytes."""
+    ref, _ = panorama_reference
+    script, out = tmp_path / "full_disk.py", tmp_path / "p.png"
+    script.write_text(FULL_DISK)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+           *PANORAMA, "--out", str(out), "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=ONE_THREAD, timeout=300)
+    lines = [x for x in res.stderr.splitlines() if x.startswith("longgen panorama")]
+    assert res.returncode != 0 and lines, res.stderr[-3000:]
+    assert "writing " in lines[0] and "(disk full)" in lines[0] and "continue with --resume" in lines[0]
+    # rank 1 says why it stopped, unless torchrun's agent ended it first
+    assert lines[1:] in ([], ["longgen panorama: error: rank 1: stopped: another rank ended the run "
+                              "(its error is reported above)"]), lines
+    work = tmp_path / "p.png.longgen"
+    assert sorted(p.name for p in work.glob("strip_*.png")) == ["strip_00000.png", "strip_00001.png"]
+    info = _pipelined(2, [*PANORAMA, "--resume"], out)
+    assert info["pipeline"]["first_window"] == 2 and out.read_bytes() == ref.read_bytes()
