@@ -32,3 +32,19 @@ def f64_scheduler(cls, config, steps: int):
     s.one = torch.tensor(1.0, dtype=torch.float64)
     s.set_timesteps(steps)
     return s
+
+
+def kill_lock_holder(proc, work, ready, poll: float, timeout: float = 240.0) -> bool:
+    """While ``proc`` runs, wait until ``ready(work)`` and the run's lock file is in ``work``, then
+    SIGKILL the process the lock names (the rank writing that output); whether it was killed."""
+    import os
+    import signal
+    import time
+
+    t0 = time.time()
+    while time.time() - t0 < timeout and proc.poll() is None:
+        if ready(work) and (work / "lock").exists():
+            os.kill(int((work / "lock").read_text().split()[0]), signal.SIGKILL)
+            return True
+        time.sleep(poll)
+    return False

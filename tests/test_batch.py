@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from longgen.cli import main
+from tests.helpers import kill_lock_holder
 
 REQUESTS = [
     {"command": "panorama", "width": 1024, "height": 128, "steps": 6, "seed": 1, "out": "a.png"},
@@ -121,14 +120,7 @@ def test_a_killed_worker_is_restarted_and_nothing_is_done_twice(reference, tmp_p
     out_dir = tmp_path / "out"
     proc = _torchrun(3, [req, "--out-dir", out_dir], restarts=1)
     work = out_dir / "m.npy.longgen"
-    killed, t0 = False, time.time()
-    while time.time() - t0 < 240 and proc.poll() is None:
-        if (work / "state.pt").exists() and (work / "lock").exists():
-            pid = int((work / "lock").read_text().split()[0])
-            os.kill(pid, signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(0.02)
+    killed = kill_lock_holder(proc, work, lambda w: (w / "state.pt").exists(), poll=0.02)
     assert killed, "the motion request never saved a state"
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]

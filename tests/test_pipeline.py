@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from tests.fixtures.tiny_sd import tiny_sd_path  # noqa: F401  (pytest fixture)
+from tests.helpers import kill_lock_holder
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -129,17 +128,14 @@ def test_a_killed_rank_is_restarted_and_the_run_continues(panorama_reference, tm
     out = tmp_path / "p.png"
     proc = _torchrun(2, PANORAMA, out, restarts=1)
     work = tmp_path / "p.png.longgen"
-    killed, t0 = False, time.time()
-    while time.time() - t0 < 240 and proc.poll() is None:
+
+    def two_saved(w: Path) -> bool:
         try:
-            done = json.loads((work / "manifest.json").read_text())["windows_done"]
+            return json.loads((w / "manifest.json").read_text())["windows_done"] >= 2
         except (OSError, ValueError, KeyError):
-            done = 0
-        if done >= 2 and (work / "lock").exists():
-            os.kill(int((work / "lock").read_text().split()[0]), signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(0.005)
+            return False
+
+    killed = kill_lock_holder(proc, work, two_saved, poll=0.005)
     assert killed, "the run never saved a state"
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
