@@ -58,7 +58,8 @@ def main(argv=None) -> dict:
         model, window, stride, height = str(make_tiny_sd(tmp / "tiny_sd")), 128, 96, 128
     width = window + (a.windows - 1) * stride
     base = [sys.executable, "-m", "longgen", "panorama", "--model", model, "--width", str(width),
-            "--height", str(height), "--steps", str(a.steps), "--prompt", "sunset", "--no-progress"]
+            "--height", str(height), "--steps", str(a.steps), "--prompt", "sunset", "--no-progress",
+            "--observed", "trajectory"]   # the observed source that pipelines (and its seams)
     configs = (("1x1", 1, []), ("1x2", 2, []),
                (f"{a.ranks}x1", 1, ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={a.ranks}"]))
     runs: dict[str, dict] = {}

@@ -35,7 +35,9 @@ MultiDiffusion (``longgen.samplers.multidiffusion``) averages views of 32 column
 (1/8 of the window, diffusers' ratio). The exact reference is a stationary field over the whole
 canvas with the same kernels (its windows have exactly the window prior's law). ``alm/feather``
 is ALM with the overlap cross-faded (``blend="feather"``, the SD panorama's default) instead of
-pasted; ``alm/released-g0-chained`` all windows in one group in the released order.
+pasted; ``alm/released-g0-chained`` all windows in one group in the released order;
+``alm/matched,w1=W`` observes the previous window's finished overlap noised with the window's own
+noise estimate (``observed="matched"``, the panorama and video default, with w1 = 2), pasted.
 
 Also sweeps of ALM's w1 (w2 = 0.001) and w2 (w1 = 1) on the single-window problems.
 
@@ -199,7 +201,8 @@ def batched_denoiser(den: PriorDenoiser, seeds: int) -> FunctionDenoiser:
 
 
 def run_windowed(kind: str, method: str, seeds: int, length: int, stride: int, group: int = 1,
-                 live: str = "batched", blend: str = "paste") -> tuple[torch.Tensor, list[int]]:
+                 live: str = "batched", blend: str = "paste", observed: str = "trajectory",
+                 w1: float = 1.0) -> tuple[torch.Tensor, list[int]]:
     """(S, 1, H, length) canvases and the window starts."""
     prior, sch = make_prior(kind), scheduler()
     den = PriorDenoiser.for_scheduler(prior, sch)
@@ -210,8 +213,8 @@ def run_windowed(kind: str, method: str, seeds: int, length: int, stride: int, g
                         generator=torch.Generator().manual_seed(0))
         views = list(range(0, length - W + 1, W // 8))
         return multidiffusion(Evaluator(den), make_schedule(sch, STEPS), y, views, W, -1), starts
-    cfg = EngineConfig(method=method, steps=STEPS, group=group, observed="trajectory", live=live,
-                       blend=blend, seed=0)
+    cfg = EngineConfig(method=method, steps=STEPS, group=group, observed=observed, live=live,
+                       blend=blend, seed=0, w1=w1)
     eng = Engine(batched_denoiser(den, seeds), sch, plan, (seeds, 1, H, W), -1, cfg,
                  dtype=torch.float64)
     return torch.cat([c.latent for c in eng], dim=-1), starts
@@ -294,6 +297,9 @@ def main() -> None:
             rows["alm/released-g0-chained"] = windowed_metrics(kind, canvas, starts)
             canvas, starts = run_windowed(kind, "alm", a.seeds, length, stride, blend="feather")
             rows["alm/feather"] = windowed_metrics(kind, canvas, starts)
+            for w1 in (1.0, 2.0):  # the overlap's finished X_0 noised with the window's own noise
+                canvas, starts = run_windowed(kind, "alm", a.seeds, length, stride, observed="matched", w1=w1)
+                rows[f"alm/matched,w1={w1:g}"] = windowed_metrics(kind, canvas, starts)
             res["windowed"][kind] = {"length": length, "window": W, "stride": stride,
                                      "md_view_stride": W // 8, "methods": rows}
     res["seconds"] = time.perf_counter() - t0

@@ -6,8 +6,12 @@
   windows tile. Class-conditional: class c = scene c.
 * :func:`video_prior` — the same scenes over (4, frames, H, W) with smooth change along time.
 * :func:`fit_separable_gmm` — fits such a mixture to data (the motion prior uses it).
-* :class:`LatentRGB` — rgb = A z + b per latent pixel, upsampled 8x bilinearly (receptive field
+* :class:`LatentRGB` — rgb = A z per latent pixel, upsampled 8x bilinearly (receptive field
   one latent each side, so a halo of 1 makes chunked decoding exact).
+* :class:`LandscapeRGB` — the builtin demos' decoder: the same latents drawn as a landscape (sky,
+  four mountain ridgelines receding into haze), so a seam shows as a broken ridge; a video pans
+  across it with parallax. Decoding is the only thing it changes: the priors and their scores
+  are the same, and its receptive field is the same one latent each side.
 """
 
 from __future__ import annotations
@@ -59,6 +63,97 @@ class LatentRGB:
         if video:
             z = z.reshape(B, Fr, 4, H // 8, W // 8).permute(0, 2, 1, 3, 4)
         return z
+
+
+class LandscapeRGB:
+    """Latents (B, 4, [F,] h, w) -> a landscape (B, 3, [F,] 8h, 8w) in about [-1, 1].
+
+    What each part of the picture reads from the latent:
+
+    * sky and colours: ``LatentRGB``'s colours, half desaturated, bilinearly upsampled (the sky is
+      the image above the ridges);
+    * four ridgelines, far to near: ridge j's height along the width is a smooth, slightly peaked
+      function of the latent's component that ``LatentRGB`` does not show (the null direction of
+      its 3 x 4 map; zero-mean in every scene of :func:`image_prior`), averaged over three rows at
+      a fixed fraction of the height, so ridges follow the sampled field and break where it does;
+    * atmospheric perspective: ridge j's colour is the ground colour under the window's lower
+      rows mixed with the horizon's colour, far ridges mostly horizon (haze), near ones darker,
+      each darkening downwards.
+
+    Every output column depends on the latent columns within one of its own (the linear
+    interpolation of align_corners=False), as for ``LatentRGB``: a streamed decode with a halo of
+    1 equals the whole decode. Video frames (``first`` = the index of the first frame given) pan
+    the ridges left by ``SPEED`` pixels per frame, near ones faster (parallax), reflected at the
+    frame's edges.
+    """
+
+    scale = 8
+    channels = 4
+    BASE = (0.50, 0.585, 0.675, 0.79)      # ridge j's mean height (fraction of the image, from the top)
+    AMP = (0.075, 0.085, 0.095, 0.105)     # its amplitude (fraction of the image height)
+    ROWS = (0.46, 0.56, 0.66, 0.76)        # the latent rows it reads (fraction of the height)
+    HAZE = (0.70, 0.50, 0.28, 0.08)        # weight of the horizon colour in its colour
+    SHADE = (0.97, 0.86, 0.74, 0.60)       # brightness of its ground colour
+    SPEED = (0.25, 0.5, 1.0, 1.75)         # video: pixels per frame it pans by
+    NULL_STD = 0.12                        # typical std of the null component near the ridges' rows
+
+    def __init__(self):
+        self.null = torch.linalg.svd(_A).Vh[-1]  # (4,): A @ null = 0
+
+    @staticmethod
+    def _columns(sig: torch.Tensor, n_out: int, shift: float = 0.0) -> torch.Tensor:
+        """(B, C, w) per latent column -> (B, C, n_out) per pixel column, linear as
+        ``F.interpolate(..., align_corners=False)``; ``shift`` pixels to the right, reflected."""
+        w = sig.shape[-1]
+        if w == 1:
+            return sig.expand(*sig.shape[:-1], n_out)
+        u = (torch.arange(n_out, dtype=sig.dtype, device=sig.device) + 0.5 + shift) * (w / n_out) - 0.5
+        if shift:
+            period = 2 * (w - 1)
+            u = torch.remainder(u, period)
+            u = torch.where(u > w - 1, period - u, u)
+        u = u.clamp(0, w - 1)
+        i0 = u.floor().long().clamp(max=w - 2)
+        t = u - i0
+        return sig[..., i0] * (1 - t) + sig[..., i0 + 1] * t
+
+    def frame(self, z: torch.Tensor, index: int = 0) -> torch.Tensor:
+        """One image (B, 4, h, w) -> (B, 3, 8h, 8w); ``index`` = its frame number (parallax)."""
+        h, w = z.shape[-2:]
+        H, W = h * self.scale, w * self.scale
+        c = torch.einsum("rc,bchw->brhw", _A.to(z), z)
+        lum = lambda x: 0.3 * x[:, :1] + 0.59 * x[:, 1:2] + 0.11 * x[:, 2:]  # noqa: E731
+        c = 0.5 * c + 0.5 * lum(c)
+        out = F.interpolate(c, scale_factor=self.scale, mode="bilinear", align_corners=False)
+
+        def band(a: float, b: float) -> torch.Tensor:  # mean colour of rows [a h, b h): (B, 3, w)
+            r0 = min(int(a * h), h - 1)
+            return c[:, :, r0:max(r0 + 1, int(b * h))].mean(2)
+
+        horizon, ground = band(0.50, 0.62), band(0.80, 1.0)
+        null = torch.einsum("c,bchw->bhw", self.null.to(z), z)
+        y = torch.arange(H, dtype=z.dtype, device=z.device)[None, :, None]   # (1, H, 1)
+        for j in range(len(self.BASE)):
+            r = min(int(self.ROWS[j] * h), h - 1)
+            sig = null[:, max(0, r - 1):r + 2].mean(1)[:, None] / self.NULL_STD     # (B, 1, w)
+            shift = self.SPEED[j] * index
+            s = self._columns(sig, W, shift)[:, 0]                                 # (B, W)
+            ridge = (self.BASE[j] - self.AMP[j] * (0.3 + s - 0.45 * (s * s + 0.08).sqrt())) * H
+            cover = (y - ridge[:, None] + 0.5).clamp(0, 1)                          # (B, H, W), antialiased
+            hz = self._columns(horizon, W, shift)
+            gd = self._columns(ground, W, shift)
+            hz, gd = 0.6 * hz + 0.4 * lum(hz), 0.55 * gd + 0.45 * lum(gd)
+            col = ((1 - self.HAZE[j]) * self.SHADE[j] * gd + self.HAZE[j] * hz)[:, :, None]  # (B, 3, 1, W)
+            depth = ((y - ridge[:, None]) / (0.25 * H)).clamp(0, 1)[:, None]         # (B, 1, H, W)
+            col = col * (1 - 0.3 * depth) - 0.25 * (1 - self.HAZE[j]) * depth
+            out = out + (col - out) * cover[:, None]
+        return out
+
+    def decode(self, z: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """(B, 4, h, w) -> (B, 3, 8h, 8w); (B, 4, F, h, w) frames ``first``.. -> (B, 3, F, 8h, 8w)."""
+        if z.ndim == 5:
+            return torch.stack([self.frame(z[:, :, k], first + k) for k in range(z.shape[2])], dim=2)
+        return self.frame(z, first)
 
 
 # --------------------------------------------------------------------------- kernels

@@ -55,17 +55,18 @@ def add_common(p: argparse.ArgumentParser, defaults: dict) -> None:
     g.add_argument("--method", choices=METHODS, default=d["method"])
     g.add_argument("--w1", type=float, default=d["w1"], help="ALM sync / likelihood weight (default: %(default)s)")
     g.add_argument("--w2", type=float, default=d["w2"], help="ALM joint-likelihood weight (default: %(default)s)")
-    g.add_argument("--observed", choices=("trajectory", "invert", "noise"), default=d["observed"],
+    g.add_argument("--observed", choices=("trajectory", "matched", "invert", "noise"), default=d["observed"],
                    help="where the first window of a group takes its observed overlap from (default: %(default)s)")
     g.add_argument("--group", type=int, default=d["group"],
                    help="windows sampled together in one batch, 0 = all (default: %(default)s)")
     g.add_argument("--live", choices=("batched", "chained"), default=d["live"],
                    help="order inside a group: batched, or chained = the released order (default: %(default)s)")
-    g.add_argument("--given-path", choices=("invert", "noise"), default=d["given_path"],
-                   help="X_t of user-given content: DDIM inversion or fresh noise (default: %(default)s)")
+    g.add_argument("--given-path", choices=("invert", "matched", "noise"), default=d["given_path"],
+                   help="X_t of user-given content: DDIM inversion, the content with the window's own noise estimate (matched), or fresh noise (default: %(default)s)")
     g.add_argument("--guidance", type=float, default=d["guidance"], help="classifier-free guidance scale")
-    g.add_argument("--blend", choices=("paste", "feather", "average"), default=d["blend"],
-                   help="how window overlaps are merged on the canvas (default: %(default)s)")
+    g.add_argument("--blend", choices=("auto", "paste", "feather", "average"), default=d["blend"],
+                   help="how window overlaps are merged on the canvas; auto = paste with --observed matched "
+                        "and 20 steps or more, else feather (default: %(default)s)")
     g.add_argument("--dtype", default=d["dtype"], help="fp32 | fp16 | bf16 (default: %(default)s)")
     g.add_argument("--device", default=d["device"])
     g.add_argument("--resume", action="store_true", help="continue an interrupted run of the same request (its finished parts are "

@@ -176,6 +176,7 @@ class Evaluator:
         self.max_batch = max_batch
         self.calls = 0
         self.rows = 0
+        self.last_guided: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, output) of the last guided request
 
     @property
     def guides(self) -> bool:
@@ -218,6 +219,8 @@ class Evaluator:
                 e = eps[i:i + n]
                 out.append(e)
                 out_c.append(e)
+            if r.guided:
+                self.last_guided = (r.x, out[-1])
             i += span * n
         return (out, out_c) if return_cond else out
 

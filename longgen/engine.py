@@ -8,13 +8,22 @@ its neighbour after the neighbour's likelihood step; G = all reproduces the rele
 The first window of a group observes the previous group's last window through ``observed``:
 
 * ``trajectory`` — that window's own per-step latents, stored while it was sampled (free);
+* ``matched``    — its finished latent X_0 noised with the sampled window's OWN noise estimate:
+  ``X_t = sqrt(abar_t) X_0 + sqrt(1 - abar_t) eps_hat``, where eps_hat is the noise the window's
+  last guided evaluation predicted (at step i - 1; the initial latent itself at step 0) on the
+  overlap. E = X_t (1 - M) + Y_t M then differs from Y_t only by the clean content the window
+  predicts there and X_0, so ALM's likelihood and sync terms condition on the finished overlap
+  itself rather than on the path the neighbour took to it (which its own right edge shaped).
+  No extra forward; the neighbour must be finished (no pipelining across ranks);
 * ``invert``     — DDIM inversion of its finished latent (one extra forward per step);
 * ``noise``      — fresh q(X_t | X_0) of its finished latent every step.
 
 User-given content (motion keyframes, a video's first clip, an inpainting source) is observed
 through ``given_path``: ``invert`` (DDIM inversion of the given window: for inpainting the full
-latent of the masked image, ``Given(keep_unknown=True)``, as released) or ``noise`` (as released
-for motion: ``q_sample`` of the keyframes, zero elsewhere). Given content wins over the overlap.
+latent of the masked image, ``Given(keep_unknown=True)``, as released), ``noise`` (as released
+for motion: ``q_sample`` of the keyframes, zero elsewhere) or ``matched`` (the given content
+noised with the window's own noise estimate, as ``observed="matched"`` below). Given content wins
+over the overlap.
 
 A ``window_transform`` (:class:`WindowTransform`) gives each window its own coordinates: content
 entering a window (given content, the overlap from its neighbour) is mapped into them before the
@@ -49,15 +58,15 @@ import torch
 from longgen.stitch import Canvas
 
 from .api import check_method, check_weights
-from .denoiser import Evaluator, cat_cond
+from .denoiser import Evaluator, cat_cond, to_eps
 from .observed import ddim_invert
 from .planner import Plan, Window
 from .samplers import STEPS, alm_chained_step, observed_windows
 from .schedule import make_schedule, q_sample
 
-OBSERVED_SOURCES = ("trajectory", "invert", "noise")
+OBSERVED_SOURCES = ("trajectory", "matched", "invert", "noise")
 LIVE_ORDERS = ("batched", "chained")
-GIVEN_PATHS = ("invert", "noise")
+GIVEN_PATHS = ("invert", "matched", "noise")
 BLENDS = ("paste", "feather", "average")
 
 
@@ -407,6 +416,15 @@ class Engine:
             given_traj = (idx, inv)
         given_gen = _gen(cfg.seed, k0, 1)
 
+        # ``matched``: the window's own noise estimate, from its last guided evaluation
+        eps_hat: list[torch.Tensor | None] = [None]
+
+        def matched(i, x0, b, a, z):
+            """X_t at step i of finished content x0 sitting at [a, z) of window b."""
+            e = eps_hat[0] if eps_hat[0] is not None else y_cur[0]
+            ab = sch.abar[i].to(x0.dtype)
+            return ab.sqrt() * x0 + (1 - ab).sqrt() * self._slice(e[b], a, z)
+
         # the first window's overlap with the previous group
         w0 = group[0]
         prev_src = None
@@ -418,6 +436,10 @@ class Engine:
             elif cfg.observed == "invert":
                 inv = ddim_invert(cond_ev, sch, self.prev_final[None])
                 prev_src = [self._slice(x[0], d, d + w0.new_from) for x in inv]
+            elif cfg.observed == "matched":  # X_0 in this window's coordinates; its noise is the window's
+                prev_x0 = self._carry(self._slice(self.prev_final, d, d + w0.new_from), d,
+                                      self.prev_params, params[0], 1.0)
+                prev_src = lambda i: matched(i, prev_x0, 0, 0, w0.new_from)  # noqa: E731
             else:
                 prev_x0 = self._slice(self.prev_final, d, d + w0.new_from)
                 prev_gen = _gen(cfg.seed, k0, 2)
@@ -438,6 +460,10 @@ class Engine:
             elif cfg.observed == "invert":
                 inv = ddim_invert(cond_ev, sch, self.first_final[None])
                 wrap_src = [self._slice(x[0], 0, n_wrap) for x in inv]
+            elif cfg.observed == "matched":
+                first_x0 = self._slice(self.first_final, 0, n_wrap)
+                w_b = group[wrap_b]
+                wrap_src = lambda i: matched(i, first_x0, wrap_b, w_b.new_to, w_b.size)  # noqa: E731
             else:
                 first_x0 = self._slice(self.first_final, 0, n_wrap)
                 first_gen = _gen(cfg.seed, k0, 3)
@@ -448,7 +474,7 @@ class Engine:
 
         def overlap_from_prev(i):
             x = prev_src(i) if callable(prev_src) else prev_src[i]
-            if self.wt is None:
+            if self.wt is None or cfg.observed == "matched":
                 return x
             d = w0.start - self.plan.windows[k0 - 1].start
             return self._carry(x, d, self.prev_params, params[0], float(sch.abar[i].sqrt()))
@@ -476,6 +502,8 @@ class Engine:
                     gx = given_xt(i, w).to(device=self.device, dtype=self.dtype)
                 elif given_traj is not None:
                     gx = given_traj[1][i][(given_traj[0] == b).nonzero()[0, 0]]
+                elif cfg.given_path == "matched":   # the given content with the window's own noise
+                    gx = matched(i, given_x0[b], b, 0, self.shape[ax])
                 else:
                     gx = q_sample(sch, i, given_x0[b], torch.randn(
                         self.shape, generator=given_gen, dtype=self.dtype).to(self.device))
@@ -484,6 +512,7 @@ class Engine:
 
         # initial latents from the position-keyed noise field
         y = sch.initial_state(torch.stack([self._initial_noise(w) for w in group]))
+        y_cur = [y]  # the state a ``matched`` source reads its noise from at step 0
         last = group[-1]
         nxt = self.plan.windows[k0 + G] if k0 + G < len(self.plan) else None
         keep_traj = cfg.observed == "trajectory" and nxt is not None and not plain
@@ -515,6 +544,10 @@ class Engine:
             else:
                 x_t = torch.stack([x_of(b, i, y, prev_i) for b in range(G)])
                 y = step(ev, sch, i, y, x_t, mask, act, cfg.w1, cfg.w2, gen)
+            if "matched" in (cfg.observed, cfg.given_path) and ev.last_guided is not None:
+                xg, og = ev.last_guided   # this step's guided evaluation: the noise it predicted
+                eps_hat[0] = to_eps(og, xg, sch.abar[i].to(xg.dtype), self.den.prediction_type)
+                ev.last_guided = None
         if self.before_finish is not None:
             self.before_finish()
         if cfg.method == "replace":  # the observed region is X_0 exactly: neighbours' finals, given

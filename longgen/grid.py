@@ -12,8 +12,9 @@ its left -- and generates the rest; where the two meet (the top-left corner) the
 Where the top rows' X_t comes from follows ``observed``: ``trajectory`` (default) gives the new
 band the per-step latents the band above had in those rows, recorded while it was sampled (each
 window records the columns it generated, as the canvas's paste keeps them), so the rows above
-are observed exactly as a left neighbour is; ``invert`` and ``noise`` use the finished rows with
-the engine's ``given_path`` (DDIM inversion of the window's given content, or fresh q(X_t | X_0)).
+are observed exactly as a left neighbour is; ``matched``, ``invert`` and ``noise`` use the
+finished rows with the engine's ``given_path`` of the same name (the rows with the window's own
+noise estimate, DDIM inversion of the window's given content, or fresh q(X_t | X_0)).
 
 Merging bands: the shared rows take the engine's ``blend`` -- ``paste`` keeps the band above,
 ``feather`` ramps from it to the new band down the overlap, ``average`` takes their mean. Rows
@@ -120,7 +121,7 @@ class GridEngine:
         t, b = self._overlaps(r)
         top, y0 = t if r > 0 else 0, row.start
         cfg = replace(self.cfg, seed=_band_seed(self.cfg.seed, r),
-                      given_path="noise" if self.cfg.observed == "noise" else "invert")
+                      given_path={"noise": "noise", "matched": "matched"}.get(self.cfg.observed, "invert"))
         given = None
         if top:
             values = torch.zeros((self.C, self.Hw, self.L), dtype=self.dtype, device=self.device)

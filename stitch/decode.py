@@ -35,9 +35,14 @@ def _check_args(axis: int, halo: int, scale: int) -> None:
         raise ValueError(f"scale must be an int >= 1, got {scale!r}")
 
 
-def decode_span(decode: Decode, latent: Tensor, axis: int, lo: int, hi: int, start: int, stop: int, scale: int) -> Tensor:
-    """Decode latent[lo:hi] along `axis` and keep the output of latents [start, stop) (lo <= start <= stop <= hi)."""
-    out = decode(latent.narrow(axis, lo, hi - lo))
+def decode_span(decode: Decode, latent: Tensor, axis: int, lo: int, hi: int, start: int, stop: int, scale: int,
+                first: int | None = None) -> Tensor:
+    """Decode latent[lo:hi] along `axis` and keep the output of latents [start, stop) (lo <= start <= stop <= hi).
+
+    ``first``: the stream position of ``latent[0]``; given, the decoder is called as
+    ``decode(piece, first + lo)`` (a decoder whose output depends on where the piece sits)."""
+    piece = latent.narrow(axis, lo, hi - lo)
+    out = decode(piece) if first is None else decode(piece, first + lo)
     if out.shape[axis] != (hi - lo) * scale:
         raise ValueError(f"decode gave {out.shape[axis]} positions along axis {axis} for {hi - lo} latents; expected {(hi - lo) * scale} (scale={scale})")
     return out.narrow(axis, (start - lo) * scale, (stop - start) * scale)
@@ -85,10 +90,17 @@ class StreamingDecoder:
     give the end its right context, so the circle decodes as if it had no ends. Everything
     returned, concatenated, starts at stream position ``halo`` and goes once around the circle:
     roll it right by ``halo`` positions to start at the stream's start.
+
+    ``positional=True``: ``decode(piece, index)`` is also given the stream position of the
+    piece's first latent (e.g. a frame number), which a resumed stream restores with its state.
     """
 
-    def __init__(self, decode: Decode, axis: int, halo: int, scale: int = 1, loop: bool = False):
+    def __init__(self, decode: Decode, axis: int, halo: int, scale: int = 1, loop: bool = False,
+                 positional: bool = False):
         _check_args(axis, halo, scale)
+        if positional and loop:
+            raise ValueError("a positional decoder cannot decode a loop (its positions wrap)")
+        self.positional = bool(positional)
         self.decode = decode
         self.axis = axis
         self.halo = halo
@@ -110,7 +122,8 @@ class StreamingDecoder:
         lo = max(self.pending_start, self.emitted - self.halo)
         hi = min(self.received, upto + self.halo)
         base = self.pending_start
-        out = decode_span(self.decode, self.pending, self.axis, lo - base, hi - base, self.emitted - base, upto - base, self.scale)
+        out = decode_span(self.decode, self.pending, self.axis, lo - base, hi - base, self.emitted - base,
+                          upto - base, self.scale, first=base if self.positional else None)
         self.emitted = upto
         keep_from = max(self.pending_start, upto - self.halo)  # left halo of the next output
         drop = keep_from - self.pending_start

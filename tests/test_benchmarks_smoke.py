@@ -94,3 +94,18 @@ def test_flux_benchmark_counts_rows_as_stated():
     assert out["alm"]["rows_per_step"] == 1 + 3 * (n - 1)
     assert out["multidiffusion"]["views"] == 25 and out["multidiffusion"]["rows_per_step"] == 25
     assert out["alm"]["finite"] and out["multidiffusion"]["finite"]
+
+
+def test_seam_figures_of_a_ramp_with_one_jump():
+    """seams.py's two figures on a field whose steps are all 1 except a step of 4 at the first
+    boundary: seam = 16 there and 38 / 53 at the second (its other 38 pairs hold the jump), near =
+    16 and 1 (the pairs far from every overlap are all 1)."""
+    from longgen.planner import plan_windows
+
+    seams = _load("seams")
+    plan = plan_windows(40, 16, 12)                      # windows at 0, 12, 24; boundaries 16, 28
+    x = torch.arange(40, dtype=torch.float64)
+    x[16:] += 3
+    seam, near = seams.boundary_figures(x.expand(2, 3, 40), plan, -1)
+    assert seam == pytest.approx([16.0, 38 / 53], rel=1e-12)
+    assert near == pytest.approx([16.0, 1.0], rel=1e-12)

@@ -159,7 +159,7 @@ def test_windows_with_a_trajectory_equal_live_batched_windows():
     assert (outs["traj"] - outs["live"]).abs().max() <= 1e-9
 
 
-@pytest.mark.parametrize("observed,forwards", [("trajectory", 2), ("invert", 3), ("noise", 2)])
+@pytest.mark.parametrize("observed,forwards", [("trajectory", 2), ("matched", 2), ("invert", 3), ("noise", 2)])
 def test_observed_sources_cost(observed, forwards):
     sch, den = _setup(classes=False)
     plan = plan_windows(40, 16, 12)
@@ -169,6 +169,42 @@ def test_observed_sources_cost(observed, forwards):
     assert out.shape == (4, 16, 40) and torch.isfinite(out).all()
     # window 0 is plain (1 forward/step); later windows 2/step, + 1/step for the inversion
     assert eng.forwards == 6 * 1 + 2 * 6 * forwards
+
+
+def test_matched_observes_the_finished_overlap_with_the_windows_own_noise(monkeypatch):
+    """``observed="matched"``: at step i a window's X_t on its overlap is
+    sqrt(abar_i) X_0 + sqrt(1 - abar_i) eps_hat, X_0 = the left neighbour's finished latent there and
+    eps_hat = the noise the window's guided evaluation predicted at step i - 1 (its initial latent at
+    step 0). Recorded from the step function's own arguments; the same arithmetic, so exact."""
+    import longgen.engine as E
+    from longgen.denoiser import to_eps
+
+    sch, den = _setup(classes=False)
+    plan = plan_windows(28, 16, 12)                            # windows at 0 and 12, overlap 4
+    seen, finals = [], []
+    real = E.STEPS["alm"]
+
+    def spy(ev, sc, i, y, x_t, m, act, w1, w2, gen):
+        seen.append((i, y.clone(), x_t.clone()))
+        out = real(ev, sc, i, y, x_t, m, act, w1, w2, gen)
+        xg, og = ev.last_guided
+        seen[-1] += (to_eps(og, xg, sc.abar[i].to(xg.dtype), den.prediction_type),)
+        return out
+
+    monkeypatch.setitem(E.STEPS, "alm", spy)
+    eng = Engine(den, sch, plan, (4, 16, 16), -1, EngineConfig(steps=5, observed="matched", seed=2),
+                 dtype=torch.float64)
+    it = iter(eng)
+    next(it)
+    finals.append(eng.prev_final.clone())
+    list(it)
+    second = seen[5:]
+    x0 = finals[0][..., 12:16]
+    for i, y, x_t, _ in second:
+        a = eng.sch.abar[i].to(torch.float64)
+        noise = y[0, ..., :4] if i == 0 else second[i - 1][3][0, ..., :4]
+        assert torch.equal(x_t[0, ..., :4], a.sqrt() * x0 + (1 - a).sqrt() * noise), i
+    assert not torch.equal(second[2][2][0, ..., :4], second[1][2][0, ..., :4])
 
 
 def test_chunks_are_final_memory_is_bounded_and_state_resumes_bit_identically():

@@ -308,6 +308,7 @@ def test_loop_on_the_tiny_sd(tiny_sd_path, tmp_path, capsys):  # noqa: F811
 def panorama_parts_engine(sd, plan):
     from longgen.modalities.image.sd_jobs import panorama_parts
 
-    cfg = EngineConfig(steps=4, guidance_scale=7.5, blend="feather", seed=0)
+    # the API's defaults: observed matched, w1 = 2, blend auto = feather at 4 steps
+    cfg = EngineConfig(steps=4, guidance_scale=7.5, w1=2.0, observed="matched", blend="feather", seed=0)
     engine, _ = panorama_parts(sd, [""], 384, 128, cfg, loop=True)
     return engine

@@ -137,3 +137,24 @@ def test_walk_speeds_in_range_and_seeded(walks):
     assert np.abs(procedural.generate_motions(1, length=196, seed=1) - walks[:1]).max() > 0.1
     with pytest.raises(ValueError, match="speed_range"):
         procedural.generate_motions(1, speed_range=(1.0, 0.5))
+
+
+def test_boundary_acceleration_ratio_of_a_kinked_path():
+    """A joint moving at 1 m/frame that turns to 3 m/frame at frame 10: the only nonzero
+    acceleration (2 m/frame^2, squared 4, averaged over 22 x 3 values of which one moves) is
+    centred at frame 10, which boundary 10 touches; a smooth run scores 1."""
+    from longgen.modalities.motion.metrics import boundary_acceleration_ratio
+
+    T = 30
+    j = np.zeros((T, 22, 3))
+    t = np.arange(T, dtype=np.float64)
+    j[:, 0, 0] = np.where(t <= 10, t, 10 + 3 * (t - 10))
+    j[:, 0, 1] = 0.5 * t ** 2            # constant acceleration 1 everywhere
+    # accelerations: 1 on axis y at every frame, plus 2 on axis x at frame 10
+    at_seam = (1 + (1 + 4)) / 2           # frames 9 and 10 (each a mean over 66 values; so is inside)
+    assert boundary_acceleration_ratio(j, [10]) == pytest.approx(at_seam / 1.0, rel=1e-12)
+    smooth = j.copy()
+    smooth[:, 0, 0] = t
+    assert boundary_acceleration_ratio(smooth, [10]) == pytest.approx(1.0, rel=1e-12)
+    with pytest.raises(ValueError, match="not inside"):
+        boundary_acceleration_ratio(j, [0])

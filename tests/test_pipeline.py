@@ -55,7 +55,7 @@ def _expected_bytes(overlaps: list[int], ranks: int, steps: int, column: int, wi
 
 
 PANORAMA = ["panorama", "--width", "3200", "--height", "128", "--steps", "12", "--seed", "3",
-            "--prompt", "sunset"]
+            "--prompt", "sunset", "--observed", "trajectory"]   # pipelining needs trajectory
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_pipelined_loop_is_byte_identical(tmp_path, ranks, width, method):
     """Loops: with 3 ranks and 6 windows the first window's wrapped strips go to the closing
     window's rank in one burst; with 2 ranks and 4 windows rank 0 also samples the window before the
     closing one and interleaves them with its own strips (``replace`` adds the finished windows)."""
-    argv = ["panorama", "--width", str(width), "--height", "128", "--steps", "5", "--loop",
+    argv = ["panorama", "--width", str(width), "--height", "128", "--steps", "5", "--loop", "--observed", "trajectory",
             "--method", method]
     single = _single(argv, tmp_path / "one.png")
     info = _pipelined(ranks, argv, tmp_path / "p.png")
@@ -96,7 +96,7 @@ def test_pipelined_loop_is_byte_identical(tmp_path, ranks, width, method):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command,argv,ranks", [
-    ("video", ["--frames", "64", "--height", "64", "--width", "64", "--steps", "5"], 2),
+    ("video", ["--frames", "64", "--height", "64", "--width", "64", "--steps", "5", "--observed", "trajectory"], 2),
     ("motion", ["--frames", "400", "--steps", "8", "--keyframes", "every:20", "--no-recentre",
                 "--observed", "trajectory"], 3),
 ])
@@ -109,7 +109,7 @@ def test_pipelined_video_and_motion_are_byte_identical(tmp_path, command, argv, 
 
 
 def test_pipelined_tiny_sd_panorama_is_byte_identical(tiny_sd_path, tmp_path):  # noqa: F811
-    argv = ["panorama", "--model", tiny_sd_path, "--width", "640", "--height", "128", "--steps", "3",
+    argv = ["panorama", "--model", tiny_sd_path, "--observed", "trajectory", "--width", "640", "--height", "128", "--steps", "3",
             "--prompt", "a|photo|of|cat|dog|wide|lake"]
     single = _single(argv, tmp_path / "one.png")
     info = _pipelined(2, argv, tmp_path / "p.png")
@@ -175,7 +175,8 @@ def test_a_single_process_state_continues_pipelined(tmp_path):
     """A loop cut by one process after two windows, continued with --resume by 2 ranks: window 2
     runs on rank 0 from the saved strips, the closing window's rank gets the first window's
     wrapped strips from the saved state; the bytes are one uninterrupted process's."""
-    argv = ["panorama", "--width", "2304", "--height", "128", "--steps", "6", "--loop", "--seed", "2"]
+    argv = ["panorama", "--width", "2304", "--height", "128", "--steps", "6", "--loop", "--seed", "2",
+            "--observed", "trajectory"]
     _single(argv, tmp_path / "one.png")
     out = tmp_path / "p.png"
     res = subprocess.run([sys.executable, "-c", CUT, "2", *argv, "--out", str(out)],
@@ -190,7 +191,7 @@ def test_a_single_process_state_continues_pipelined(tmp_path):
 
 def test_more_ranks_than_windows_is_refused_before_sampling(tmp_path):
     out = tmp_path / "p.png"
-    proc = _torchrun(3, ["panorama", "--width", "896", "--height", "128", "--steps", "2"], out)
+    proc = _torchrun(3, ["panorama", "--width", "896", "--height", "128", "--steps", "2", "--observed", "trajectory"], out)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode != 0
     lines = [x for x in stderr.splitlines() if x.startswith("longgen panorama")]
@@ -208,8 +209,9 @@ def test_settings_that_cannot_overlap_are_refused():
     check_args(SimpleNamespace(group=1, method="ddim", observed="invert"), 2)  # plain: nothing observed
     with pytest.raises(ValueError, match=r"^--group 0: a run pipelined across 2 ranks .* pass --group 1$"):
         check_args(SimpleNamespace(group=0, method="alm", observed="trajectory"), 2)
-    with pytest.raises(ValueError, match=r"^--observed invert: .* needs --observed trajectory$"):
-        check_args(SimpleNamespace(group=1, method="alm", observed="invert"), 2)
+    for observed in ("invert", "matched"):   # matched: the panorama and video default
+        with pytest.raises(ValueError, match=rf"^--observed {observed}: .* needs --observed trajectory$"):
+            check_args(SimpleNamespace(group=1, method="alm", observed=observed), 2)
     grid = SimpleNamespace()
     with pytest.raises(ValueError, match="a 2-D canvas .* is not pipelined"):
         check_job(grid, 2)

@@ -56,10 +56,13 @@ def check_blend_pixels(radius) -> None:
 class InpaintWriter:
     """Writes the generated image and beside it ``<stem>-blended<suffix>`` (the paper's starred
     rows, the released ``blended/`` output): :func:`blend_with_source` with ``radius`` None (the
-    released 21x21 Gaussian) or R > 0 (a box blur); radius 0 writes no blended file."""
+    released 21x21 Gaussian) or R > 0 (a box blur); radius 0 writes no blended file.
+    ``keep_source``: the generated image takes the source's pixels wherever the mask is 0."""
 
-    def __init__(self, out: Path, source: torch.Tensor, mask: torch.Tensor, radius: int):
+    def __init__(self, out: Path, source: torch.Tensor, mask: torch.Tensor, radius: int,
+                 keep_source: bool = False):
         self.out, self.source, self.mask, self.radius = out, source, mask, radius
+        self.keep_source = keep_source
         self.parts: list[torch.Tensor] = []
         self.digests: list[str] = []  # sha256 of each finished part kept in the work directory
 
@@ -96,6 +99,8 @@ class InpaintWriter:
         from .writers import to_uint8
 
         img = torch.cat(self.parts, dim=-1)
+        if self.keep_source:
+            img = torch.where(self.mask.to(img.device) > 0.5, img, self.source.to(img))
         Image.fromarray(to_uint8(img)).save(self.out)
         paths = [self.out]
         if self.radius is None or self.radius > 0:

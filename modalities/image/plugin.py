@@ -46,7 +46,7 @@ def refuse_checkpoint_options(args) -> None:
 class Panorama:
     name = "panorama"
     help = "wide images: windows along the width (512 px windows at a 384 px stride by default)"
-    defaults = dict(w2=0.001, steps=50, observed="trajectory", blend="feather")
+    defaults = dict(w1=2.0, w2=0.001, steps=50, observed="matched", blend="auto")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--width", type=int, default=2048, help="output width in pixels (default: %(default)s)")
@@ -80,7 +80,7 @@ class Panorama:
 
             return sd_panorama_job(args)
         refuse_checkpoint_options(args)
-        from longgen.builtin import LatentRGB, image_prior
+        from longgen.builtin import LandscapeRGB, LatentRGB, image_prior
         from longgen.priors import PriorDenoiser
 
         window = check_pixels("window", args.window or 512)
@@ -100,7 +100,9 @@ class Panorama:
         uncond = torch.tensor([-1])
         window_cond = lambda index, y0, w: (torch.tensor([classes[index]]), uncond)  # noqa: E731
         engine = canvas_engine(den, sch, plan, 4, h, engine_config(args, guidance), window_cond, dtype=dtype)
-        rgb = LatentRGB()
+        # a landscape of ridgelines for one row of windows; a 2-D grid's bands are decoded row
+        # band by row band, which the landscape (drawn from the window's full height) cannot be
+        rgb = LatentRGB() if hasattr(plan, "cols") else LandscapeRGB()
         decoder = canvas_decoder(lambda z: rgb.decode(z[None])[0], plan, 1, VAE_SCALE)
         writer = canvas_writer(args.out, plan, 1, VAE_SCALE)
         return Job(engine, decoder, writer, request_of(args), Path(args.out),
@@ -130,19 +132,21 @@ class Inpaint:
 
             return sd_inpaint_job(args)
         refuse_checkpoint_options(args)
-        from longgen.builtin import LatentRGB, image_prior
+        from longgen.builtin import LandscapeRGB, LatentRGB, image_prior
         from longgen.engine import Engine, Given
         from longgen.planner import plan_windows
         from longgen.priors import PriorDenoiser
         from longgen.stitch import StreamingDecoder
 
         dtype = check_builtin_dtype(args)
-        rgb = LatentRGB()
+        x0 = None
         if args.image is None:
-            prior = image_prior()
-            x0, _ = prior.sample(1, torch.Generator().manual_seed(args.seed + 1))
-            source = rgb.decode(x0.float())[0].clamp(-1, 1)
+            # the demo: a landscape drawn from a prior sample, whose latent is known exactly
+            rgb = LandscapeRGB()
+            x0 = image_prior().sample(1, torch.Generator().manual_seed(args.seed + 1))[0][0].float()
+            source = rgb.decode(x0[None])[0].clamp(-1, 1)
         else:
+            rgb = LatentRGB()   # a user's image: the linear map and its least-squares inverse
             source = load_image(args.image)
         H, W = source.shape[-2:]
         check_pixels("image height", H)
@@ -156,8 +160,14 @@ class Inpaint:
         h, w = H // VAE_SCALE, W // VAE_SCALE
         from .sd_jobs import masked_image  # the hole at -1 (black), as released
 
-        latent = rgb.encode(masked_image(source, mask)[None].double())[0].to(dtype)
         lmask = torch.nn.functional.interpolate(mask[None], size=(h, w), mode="nearest")[0]
+        if x0 is None:
+            latent = rgb.encode(masked_image(source, mask)[None].double())[0].to(dtype)
+        else:
+            # the demo's hole is zero in latent space (the prior's scale, no colour): the builtin
+            # has no VAE, so "black before the VAE" (as released for SD) has no counterpart, and
+            # the latent of black, far outside the prior, made the filled hole brighter than its surroundings
+            latent = (x0 * (1 - lmask)).to(dtype)
         plan = plan_windows(w, w, max(1, w - 1)) if w > 1 else plan_windows(1, 1, 1)
         sch = builtin_scheduler()
         den = PriorDenoiser.for_scheduler(image_prior(height=h, width=w), sch)
@@ -167,7 +177,9 @@ class Inpaint:
         engine = Engine(den, sch, plan, (4, h, w), -1, engine_config(args, guidance),
                         cond=torch.tensor([cls]), uncond=torch.tensor([-1]), given=given, dtype=dtype)
         decoder = StreamingDecoder(lambda z: rgb.decode(z[None])[0], axis=-1, halo=1, scale=VAE_SCALE)
-        writer = InpaintWriter(Path(args.out), source, mask, args.blend_pixels)
+        # the demo keeps every unmasked pixel of its source exactly; a user's image is written
+        # as decoded (the linear map cannot reproduce a photograph) and blended beside it
+        writer = InpaintWriter(Path(args.out), source, mask, args.blend_pixels, keep_source=x0 is not None)
         return Job(engine, decoder, writer, request_of(args), Path(args.out))
 
 

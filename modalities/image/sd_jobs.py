@@ -79,7 +79,7 @@ from longgen.planner import Plan, Window, plan_loop, plan_windows
 from longgen.run import Job
 from longgen.stitch import StreamingDecoder, tiled_decode
 
-from ..glue import _seed_of, check_output_type, engine_config
+from ..glue import _seed_of, check_output_type, engine_config, resolve_blend
 from .sd import SDModel, load_sd, resolve_dtype
 
 DECODE_HALO = 8  # latents of context each side of a decoded chunk (64 px for SD)
@@ -210,7 +210,7 @@ def unet_forwards(method: str, steps: int, windows: int, group: int = 1) -> int:
 
 
 def canvas_forwards(method: str, steps: int, plan, group: int = 1) -> int:
-    """UNet forwards of a panorama plan (``observed`` = trajectory or noise): 1-D as
+    """UNet forwards of a panorama plan (``observed`` = trajectory, matched or noise): 1-D as
     :func:`unet_forwards`; 2-D, every band's but the first has no lone first window (it observes
     the band above)."""
     if not isinstance(plan, GridPlan):
@@ -406,10 +406,10 @@ def image_output(img: torch.Tensor, output_type: str):
 
 @torch.no_grad()
 def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int = 512, *,
-             steps: int = 50, method: str = "alm", w1: float = 1.0, w2: float = 0.001,
+             steps: int = 50, method: str = "alm", w1: float = 2.0, w2: float = 0.001,
              guidance_scale: float | None = None, group: int = 1, negative_prompt: str | None = None,
-             window: int | None = None, stride: int | None = None, observed: str = "trajectory",
-             blend: str = "feather", generator: torch.Generator | None = None,
+             window: int | None = None, stride: int | None = None, observed: str = "matched",
+             blend: str = "auto", generator: torch.Generator | None = None,
              seed: int | None = None, halo: int = DECODE_HALO,
              callback: Callable[[int, torch.Tensor], None] | None = None,
              latents: torch.Tensor | None = None, output_type: str = "pil", loop: bool = False,
@@ -434,8 +434,8 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
     check_output_type(output_type)
     sd = as_sd_model(model)
     cfg = EngineConfig(method=method, w1=w1, w2=w2, steps=steps, group=group, observed=observed,
-                       guidance_scale=default_guidance(sd, guidance_scale), blend=blend,
-                       seed=_seed_of(seed, generator))
+                       guidance_scale=default_guidance(sd, guidance_scale),
+                       blend=resolve_blend(blend, observed, steps), seed=_seed_of(seed, generator))
     if isinstance(prompt, str):
         prompts = [p.strip() for p in prompt.split("|")]
     else:

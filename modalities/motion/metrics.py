@@ -118,3 +118,28 @@ def jitter(joints, fps: float = 20.0):
         raise ValueError(f"jitter needs at least 4 frames, got {j.shape[-3]}")
     third = np.diff(j, n=3, axis=-3)  # (..., T-3, 22, 3)
     return np.linalg.norm(third, axis=-1).mean(axis=(-1, -2)) * fps**3
+
+
+def boundary_acceleration_ratio(joints, boundaries: Sequence[int]) -> float:
+    """Motion's seam score: mean squared joint acceleration at the frames a window boundary
+    touches over the mean at every other frame (1 = no trace; ours).
+
+    A boundary b (window content switches between frames b - 1 and b) enters the second
+    differences centred at frames b - 1 and b. ``(T, 22, 3)`` joints; accelerations are
+    ``j[t+1] - 2 j[t] + j[t-1]`` for t = 1 .. T-2, averaged over joints and axes.
+    """
+    j = _check(joints, "joints")
+    if j.ndim != 3:
+        raise ValueError(f"joints must be one motion (T, 22, 3), got {j.shape}")
+    T = j.shape[0]
+    acc = ((j[2:] - 2 * j[1:-1] + j[:-2]) ** 2).mean(axis=(1, 2))    # frame t = index + 1
+    at = sorted({t for b in boundaries for t in (b - 1, b) if 1 <= t <= T - 2})
+    bad = [b for b in boundaries if not 1 <= b < T]
+    if bad or not at:
+        raise ValueError(f"boundaries {bad or list(boundaries)} are not inside the motion's {T} frames")
+    seam = np.zeros(T - 2, dtype=bool)
+    seam[[t - 1 for t in at]] = True
+    if seam.all():
+        raise ValueError("every frame touches a boundary; no interior frames to compare with")
+    inside = acc[~seam].mean()
+    return float(acc[seam].mean() / inside) if inside > 0 else (1.0 if acc[seam].mean() == 0 else float("inf"))

@@ -82,7 +82,7 @@ class Motion:
         from longgen.planner import plan_windows
         from longgen.priors import PriorDenoiser
 
-        from ..glue import check_builtin_dtype
+        from ..glue import check_builtin_dtype, resolve_blend
         from .builtin import builtin_motion_prior, ddpm_scheduler
         from .features import N_FEATURES
         from .keyframes import given_of, keyframe_setup
@@ -99,7 +99,7 @@ class Motion:
         den = PriorDenoiser.for_scheduler(prior, sch)
         cfg = EngineConfig(method=args.method, w1=args.w1, w2=args.w2, steps=args.steps, group=args.group,
                            observed=args.observed, live=args.live, given_path=args.given_path,
-                           guidance_scale=1.0, blend=args.blend, seed=args.seed)
+                           guidance_scale=1.0, blend=resolve_blend(args.blend, args.observed, args.steps), seed=args.seed)
         engine = Engine(den, sch, plan, (N_FEATURES, window), -1, cfg, given=given, dtype=dtype,
                         window_transform=window_transform(args, norm))
 

@@ -21,7 +21,7 @@ from .writers import MP4Writer, check_frames, clip_to_tensor, read_video  # noqa
 class Video:
     name = "video"
     help = "long videos: 16-frame windows at an 8-frame stride, streamed to mp4"
-    defaults = dict(w2=0.001, steps=50, observed="trajectory", blend="feather")
+    defaults = dict(w1=2.0, w2=0.001, steps=50, observed="matched", blend="auto")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--frames", type=int, default=104, help="output length in frames (default: %(default)s)")
@@ -52,7 +52,7 @@ class Video:
         check_model_options(args)
         import torch
 
-        from longgen.builtin import LatentRGB, video_prior
+        from longgen.builtin import LandscapeRGB, LatentRGB, video_prior
         from longgen.engine import Engine, Given
         from longgen.planner import plan_windows
         from longgen.priors import PriorDenoiser
@@ -83,6 +83,11 @@ class Video:
         cfg.paste_given = True  # the init clip is kept as given
         engine = Engine(den, sch, plan, (4, window, h, w), -3, cfg,
                         cond=torch.tensor([cls]), uncond=torch.tensor([-1]), given=given, dtype=dtype)
-        decoder = StreamingDecoder(lambda z: rgb.decode(z[None])[0], axis=-3, halo=0, scale=1)
+        if given is None:  # the demo: the landscape, panned with parallax (frame numbers)
+            scene = LandscapeRGB()
+            decoder = StreamingDecoder(lambda z, f: scene.decode(z[None], f)[0], axis=-3, halo=0, scale=1,
+                                       positional=True)
+        else:  # an init clip: the linear map it was encoded with
+            decoder = StreamingDecoder(lambda z: rgb.decode(z[None])[0], axis=-3, halo=0, scale=1)
         return Job(engine, decoder, MP4Writer(args.out, args.fps), request_of(args), Path(args.out),
                    info={"frames": args.frames, "height": H, "width": W})
