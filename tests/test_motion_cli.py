@@ -123,7 +123,8 @@ def hand_built(ckpt, walk_file, steps: int, text: torch.Tensor, guidance: float)
 def test_condmdi_checkpoint_through_cli_equals_hand_built_engine(tmp_path, tiny_ckpt, walk_file, capsys):
     out = tmp_path / "m.npy"
     code, info, err = run_cli(["motion", "--model", str(tiny_ckpt), "--input", str(walk_file),
-                               "--out", str(out), "--steps", "10", "--prompt", ""], capsys)
+                               "--out", str(out), "--steps", "10", "--prompt", "",
+                               "--w1", "1"], capsys)   # the released weight (the CLI's default is 2)
     assert code == 0, err
     assert info["windows"] == 1 and info["guidance"] == 1.0 and info["keyframes"] == 20
     got = np.load(out)
@@ -140,7 +141,8 @@ def test_condmdi_text_prompt_with_guidance(tmp_path, tiny_ckpt, walk_file, capsy
     _tiny_clip(tmp_path / "clip")
     out = tmp_path / "t.npy"
     code, info, err = run_cli(["motion", "--model", str(tiny_ckpt), "--input", str(walk_file), "--out", str(out),
-                               "--steps", "6", "--prompt", "a person walks", "--clip", str(tmp_path / "clip")], capsys)
+                               "--steps", "6", "--prompt", "a person walks", "--clip", str(tmp_path / "clip"),
+                               "--w1", "1"], capsys)
     assert code == 0, err
     assert info["guidance"] == 2.5
     text = encode_text("a person walks", encoder=load_text_encoder(tmp_path / "clip"))

@@ -43,7 +43,7 @@ class Motion:
     help = "human motion from keyframes (HumanML3D 263-dim features, 20 fps), in-betweening and completion"
     # feather: windows cross-fade over their overlap; pasted seams made long motions jump
     # (600 frames, builtin prior, 100 steps: jitter 603 -> 73 m/s^3, skating 0.46 -> 0.40)
-    defaults = dict(w2=0.005, steps=1000, observed="noise", given_path="noise", blend="feather")
+    defaults = dict(w1=2.0, w2=0.005, steps=1000, observed="noise", given_path="noise", blend="feather")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--frames", type=int, default=None, help="motion length in frames (default: the input's, or 196)")
