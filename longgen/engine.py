@@ -416,14 +416,14 @@ class Engine:
             given_traj = (idx, inv)
         given_gen = _gen(cfg.seed, k0, 1)
 
-        # ``matched``: the window's own noise estimate, from its last guided evaluation
+        # ``matched``: the window's own noise estimate, from its last guided evaluation (the
+        # initial latent at step 0, set below)
         eps_hat: list[torch.Tensor | None] = [None]
 
         def matched(i, x0, b, a, z):
             """X_t at step i of finished content x0 sitting at [a, z) of window b."""
-            e = eps_hat[0] if eps_hat[0] is not None else y_cur[0]
             ab = sch.abar[i].to(x0.dtype)
-            return ab.sqrt() * x0 + (1 - ab).sqrt() * self._slice(e[b], a, z)
+            return ab.sqrt() * x0 + (1 - ab).sqrt() * self._slice(eps_hat[0][b], a, z)
 
         # the first window's overlap with the previous group
         w0 = group[0]
@@ -512,7 +512,7 @@ class Engine:
 
         # initial latents from the position-keyed noise field
         y = sch.initial_state(torch.stack([self._initial_noise(w) for w in group]))
-        y_cur = [y]  # the state a ``matched`` source reads its noise from at step 0
+        eps_hat[0] = y  # step 0: the initial latent is the noise
         last = group[-1]
         nxt = self.plan.windows[k0 + G] if k0 + G < len(self.plan) else None
         keep_traj = cfg.observed == "trajectory" and nxt is not None and not plain
