@@ -4,7 +4,7 @@ Pure tensor code (torch, einops, numpy, the standard library); knows nothing of 
 """
 
 from longgen.stitch.canvas import Canvas
-from longgen.stitch.decode import StreamingDecoder, tiled_decode
+from longgen.stitch.decode import CausalStreamingDecoder, StreamingDecoder, tiled_decode
 from longgen.stitch.seams import seam_score, temporal_seam_score, window_boundaries
 
-__all__ = ["Canvas", "tiled_decode", "StreamingDecoder", "seam_score", "temporal_seam_score", "window_boundaries"]
+__all__ = ["Canvas", "tiled_decode", "StreamingDecoder", "CausalStreamingDecoder", "seam_score", "temporal_seam_score", "window_boundaries"]

@@ -48,3 +48,28 @@ def kill_lock_holder(proc, work, ready, poll: float, timeout: float = 240.0) -> 
             return True
         time.sleep(poll)
     return False
+
+
+def kill_after_windows(cmd: list[str], cwd, manifest, windows: int, timeout: float = 120.0) -> int:
+    """Start ``cmd`` (one thread), SIGKILL it once its resume manifest says ``windows`` windows are
+    done (or it ended, or ``timeout`` passed); returns the windows the manifest had then. The
+    process must have been killed (asserted with its stderr)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done, t0 = 0, time.time()
+    while done < windows and proc.poll() is None and time.time() - t0 < timeout:
+        time.sleep(0.02)
+        try:
+            done = json.loads(manifest.read_text())["windows_done"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    return done

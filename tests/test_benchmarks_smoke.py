@@ -109,3 +109,15 @@ def test_seam_figures_of_a_ramp_with_one_jump():
     seam, near = seams.boundary_figures(x.expand(2, 3, 40), plan, -1)
     assert seam == pytest.approx([16.0, 38 / 53], rel=1e-12)
     assert near == pytest.approx([16.0, 1.0], rel=1e-12)
+
+
+def test_wan_seam_benchmark_runs_each_method_on_the_plan(tmp_path):
+    """wan_video's seam part on 161 frames (41 latent frames: windows at 0, 16, 20, new latent
+    frames from 21 and 37): every method gives finite scores at those boundaries."""
+    from tests.fixtures.tiny_wan import build_wan
+
+    out = _load("wan_video").seams(build_wan(str(tmp_path)), 161, 2, 1)
+    assert out["latent_frames"] == 41 and out["windows"] == 3 and out["boundaries_latent"] == [21, 37]
+    assert set(out["methods"]) == {"alm", "plain", "averaging"}
+    for r in out["methods"].values():
+        assert all(0 < v < float("inf") for v in r["per_seed_latent"] + r["per_seed_frame"])

@@ -11,10 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fixtures_video as fx  # noqa: E402
+from helpers import kill_after_windows  # noqa: E402
 
 from longgen.cli import main  # noqa: E402
 from longgen.modalities.video.plugin import clip_to_tensor  # noqa: E402
@@ -220,20 +218,9 @@ def test_killed_run_is_playable_and_resumes_to_same_bytes(tmp_path):
     """SIGKILL after 5 of 12 windows: the partial mp4 decodes; --resume gives the uninterrupted bytes."""
     args = ["video", "--frames", 104, "--steps", 12, "--height", 32, "--width", 32, "--no-progress"]
     part = tmp_path / "part.mp4"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "longgen.cli", *map(str, args), "--out", str(part)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     manifest = tmp_path / "part.mp4.longgen" / "manifest.json"
-    done, t0 = 0, time.time()
-    while done < 5 and proc.poll() is None and time.time() - t0 < 60:
-        time.sleep(0.02)
-        try:
-            done = json.loads(manifest.read_text())["windows_done"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    done = kill_after_windows([sys.executable, "-m", "longgen.cli", *map(str, args), "--out", str(part)], ROOT,
+                              manifest, 5, timeout=60)
     written = json.loads(manifest.read_text())["writer"]["frames"]
     assert 5 <= done < 12 and written >= 40
     partial = read_video(part)[0]   # a killed run's fragmented mp4 opens and decodes

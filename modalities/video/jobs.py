@@ -30,7 +30,7 @@ from longgen.run import Job
 from longgen.stitch import StreamingDecoder
 
 from ..glue import engine_config
-from .models import NATIVE_FRAMES, VideoModel, load_video_model
+from .models import NATIVE_FRAMES, VideoModel, load_video_model, resolve_dtype
 from .writers import check_frames, clip_to_tensor
 from .writers import MP4Writer, read_video
 
@@ -100,7 +100,14 @@ def check_model_options(args) -> None:
 
 def video_parts(vm, args) -> tuple:
     """(engine, decoder, window, stride, height, width) of ``longgen video`` for a loaded
-    :class:`VideoModel` (the CLI job and :func:`longgen.modalities.video.video` share it)."""
+    :class:`VideoModel` or :class:`~.wan.WanModel` (the CLI job and
+    :func:`longgen.modalities.video.video` share it)."""
+    if getattr(vm, "family", None) == "wan":
+        from .wan import wan_parts
+
+        return wan_parts(vm, args)
+    if args.frames is None:
+        args.frames = 104
     native = native_frames(vm)
     window = args.window_frames or native
     stride = args.stride_frames or window // 2
@@ -124,13 +131,45 @@ def video_parts(vm, args) -> tuple:
 
 def video_job(args) -> Job:
     """Build the job for ``longgen video --model CKPT ...`` (see the module docstring)."""
-    vm = load_video_model(args.model, kind=getattr(args, "kind", "auto"), dtype=args.dtype, device=args.device,
-                          motion_adapter=_opt_str(args, "motion_adapter"), sd_path=_opt_str(args, "sd_path"),
-                          ckpt=_opt_str(args, "ckpt"))
+    vm = load_any(args)
     engine, decoder, window, stride, H, W = video_parts(vm, args)
-    return Job(engine, decoder, MP4Writer(args.out, args.fps), request_of(args), Path(args.out),
+    fps = args.fps or getattr(vm, "default_fps", 8.0)
+    return Job(engine, decoder, MP4Writer(args.out, fps), request_of(args), Path(args.out),
                info={"frames": args.frames, "height": H, "width": W, "kind": vm.kind,
-                     "window": window, "stride": stride, "fps": args.fps})
+                     "window": window, "stride": stride, "fps": fps})
+
+
+# diffusers pipelines of video families longgen does not run yet: named in the refusal
+NOT_YET = {"WanImageToVideoPipeline": "Wan image-to-video", "CogVideoXPipeline": "CogVideoX",
+           "CogVideoXImageToVideoPipeline": "CogVideoX image-to-video", "LTXPipeline": "LTX-Video",
+           "LTXImageToVideoPipeline": "LTX-Video image-to-video", "HunyuanVideoPipeline": "HunyuanVideo"}
+
+
+def load_any(args):
+    """The video model ``--model`` names: a Wan pipeline directory (``model_index.json`` says
+    ``WanPipeline``) or one of the UNet families of :func:`~.models.load_video_model`."""
+    from .wan import PIPELINES, load_wan, pipeline_class
+
+    kind = getattr(args, "kind", "auto")
+    cls = pipeline_class(args.model)
+    if cls in NOT_YET:
+        raise ValueError(f"{args.model} is a {cls} checkpoint ({NOT_YET[cls]}), which longgen does not run "
+                         "yet; supported video pipelines: WanPipeline (Wan 2.1/2.2 text-to-video), "
+                         "TextToVideoSDPipeline (ModelScope), AnimateDiff, LaVie")
+    if cls in PIPELINES or kind == "wan":
+        if kind not in ("auto", "wan"):
+            raise ValueError(f"--kind {kind} does not fit {args.model}, a {cls} checkpoint; allowed: auto, wan")
+        if cls not in PIPELINES:
+            raise ValueError(f"--kind wan needs a WanPipeline directory (model_index.json naming WanPipeline); "
+                             f"{args.model} has {cls or 'no model_index.json'}")
+        for k in ("motion_adapter", "sd_path", "ckpt"):
+            if getattr(args, k, None) is not None:
+                raise ValueError(f"--{k.replace('_', '-')} applies to UNet video checkpoints, not to Wan")
+        torch_dtype, dev = resolve_dtype(args.dtype, args.device)
+        return load_wan(args.model, dtype=torch_dtype, device=dev)
+    return load_video_model(args.model, kind=kind, dtype=args.dtype, device=args.device,
+                            motion_adapter=_opt_str(args, "motion_adapter"), sd_path=_opt_str(args, "sd_path"),
+                            ckpt=_opt_str(args, "ckpt"))
 
 
 def _opt_str(args, name: str) -> str | None:

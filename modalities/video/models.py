@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from einops import rearrange
 
-KINDS = ("auto", "unet3d", "animatediff", "lavie")
+KINDS = ("auto", "unet3d", "animatediff", "lavie")   # UNet families (Wan: modalities.video.wan)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NATIVE_FRAMES = 16  # ModelScope, AnimateDiff (v1-v3) and LaVie all sample 16-frame windows
 LAVIE_SCHEDULER = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}  # LaVie sample.yaml

@@ -18,24 +18,32 @@ from ..glue import VAE_SCALE, builtin_scheduler, check_builtin_dtype, check_pixe
 from .writers import MP4Writer, check_frames, clip_to_tensor, read_video  # noqa: F401
 
 
+DEFAULT_FRAMES = 104   # the paper's LaVie length: 12 windows of 16 at stride 8
+DEFAULT_FPS = 8.0
+
+
 class Video:
     name = "video"
     help = "long videos: 16-frame windows at an 8-frame stride, streamed to mp4"
     defaults = dict(w1=2.0, w2=0.001, steps=50, observed="matched", blend="auto")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--frames", type=int, default=104, help="output length in frames (default: %(default)s)")
-        p.add_argument("--window-frames", type=int, default=None, help="window length (default: the model's, 16)")
-        p.add_argument("--stride-frames", type=int, default=None, help="window stride (default: half the window)")
+        p.add_argument("--frames", type=int, default=None,
+                       help="output length in frames (default: 104; Wan: 209, three 81-frame windows; "
+                            "Wan counts are 1 + 4k)")
+        p.add_argument("--window-frames", type=int, default=None,
+                       help="window length (default: the model's, 16; Wan 81)")
+        p.add_argument("--stride-frames", type=int, default=None,
+                       help="window stride (default: half the window; Wan 64 frames = 16 latent frames)")
         p.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's; builtin 128)")
         p.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's; builtin 128)")
-        p.add_argument("--fps", type=float, default=8.0, help="output frame rate (default: %(default)s)")
+        p.add_argument("--fps", type=float, default=None, help="output frame rate (default: 8; Wan 16)")
         p.add_argument("--init", type=Path, default=None, help="a clip whose first window-length frames start the video")
         p.add_argument("--prompt", default="")
         p.add_argument("--negative-prompt", default=None)
         m = p.add_argument_group("real video checkpoints (see modalities.video.jobs)")
-        m.add_argument("--kind", choices=("auto", "unet3d", "animatediff", "lavie"), default="auto",
-                       help="UNet family; auto = from the checkpoint (default: %(default)s)")
+        m.add_argument("--kind", choices=("auto", "unet3d", "animatediff", "lavie", "wan"), default="auto",
+                       help="model family; auto = from the checkpoint (default: %(default)s)")
         m.add_argument("--motion-adapter", type=Path, default=None,
                        help="AnimateDiff MotionAdapter directory (with an SD checkpoint as --model)")
         m.add_argument("--sd-path", type=Path, default=None,
@@ -43,7 +51,7 @@ class Video:
         m.add_argument("--ckpt", type=Path, default=None, help="LaVie's lavie_base.pt (with the SD-1.4 directory as --model)")
 
     def build_job(self, args) -> Job:
-        if not (isinstance(args.fps, (int, float)) and args.fps > 0):
+        if args.fps is not None and not (isinstance(args.fps, (int, float)) and args.fps > 0):
             raise ValueError(f"--fps must be a positive number, got {args.fps!r}")
         from .jobs import check_model_options, video_job  # torch and the models: only when a command runs
 
@@ -52,6 +60,9 @@ class Video:
         check_model_options(args)
         import torch
 
+        if args.frames is None:
+            args.frames = DEFAULT_FRAMES
+        fps = args.fps or DEFAULT_FPS
         from longgen.builtin import LandscapeRGB, LatentRGB, video_prior
         from longgen.engine import Engine, Given
         from longgen.planner import plan_windows
@@ -89,5 +100,5 @@ class Video:
                                        positional=True)
         else:  # an init clip: the linear map it was encoded with
             decoder = StreamingDecoder(lambda z: rgb.decode(z[None])[0], axis=-3, halo=0, scale=1)
-        return Job(engine, decoder, MP4Writer(args.out, args.fps), request_of(args), Path(args.out),
+        return Job(engine, decoder, MP4Writer(args.out, fps), request_of(args), Path(args.out),
                    info={"frames": args.frames, "height": H, "width": W})

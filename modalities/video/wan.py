@@ -1,0 +1,358 @@
+"""Wan 2.1 / 2.2 text-to-video (diffusers ``WanPipeline``) behind longgen's engine.
+
+Conventions follow diffusers 0.42 ``pipelines/wan/pipeline_wan.py`` (facts in
+``../shared/facts/flow-models.md``):
+
+* Latents ``(C, t_lat, h, w)``: the causal ``AutoencoderKLWan`` maps ``1 + 4k`` frames to ``1 + k``
+  latent frames (temporal factor ``vae.config.scale_factor_temporal``), 8x spatially; the pipeline
+  keeps them normalised per channel, ``(z - latents_mean) / latents_std``, and un-normalises before
+  decoding. That layout is the engine's (long axis: latent frames, ``-3``) and the Python API's.
+* ``WanTransformer3DModel`` takes the flow state, the scheduler's own timestep and the UMT5 text
+  states (the pipeline's ``encode_prompt``: padded to ``max_sequence_length``, 512, past the prompt's
+  tokens zeroed); it patches (1, 2, 2) itself, so frame sides are multiples of 16 px.
+* Schedule: the checkpoint's scheduler config, unchanged. Wan-AI's Diffusers checkpoints ship
+  ``UniPCMultistepScheduler`` with ``use_flow_sigmas`` and ``flow_shift``; longgen steps with Euler
+  on *that scheduler's* sigma grid and hands the transformer the scheduler's timesteps for those
+  sigmas (UniPC's are integers, ``int(1000 sigma)``), looked up per level.
+* Classifier-free guidance 5.0 with negative prompt "" (the pipeline's defaults), batched in the
+  engine as uncond + cond rows.
+* Wan 2.2 A14B: ``transformer`` for the high-noise steps and ``transformer_2`` below
+  ``boundary_ratio * num_train_timesteps``, switched per row by its timestep as the pipeline
+  switches per step (one guidance scale for both experts: the pipeline's ``guidance_scale_2``
+  defaults to it). TI2V-5B's ``expand_timesteps`` (one timestep per token) is passed as the
+  pipeline does for a text-only run (every token at the step's timestep).
+
+Windows over latent frames. The native window is the pipeline's default 81 frames = 21 latent
+frames; the default stride is 16 latent frames (64 frames), which leaves 5 latent frames (20 frames)
+of overlap. ``--frames N`` must be ``1 + 4k`` (the VAE makes no other count; the error names the
+nearest valid ones); ``--window-frames`` likewise, ``--stride-frames`` a multiple of 4. A run of
+``N`` frames has ``1 + (N - 1) / 4`` latent frames and the planner aligns the last window to the end.
+Note that every window's first latent frame is read by the transformer like any other: Wan was
+trained with the image-like first latent frame only at a clip's start, and windows after the first
+start mid-video, as ComfyUI's context windows do.
+
+Decoding streams with the VAE's own temporal cache (:class:`longgen.stitch.CausalStreamingDecoder`):
+finished latent frames are decoded in order, each causal convolution's cache handed from one chunk
+to the next, which is the computation ``AutoencoderKLWan.decode`` does for the whole video, so the
+chunked output equals the whole decode (``tests/test_wan.py`` states the measured difference).
+A resumed run rebuilds that cache by replaying the last latent frames it depends on (the decoder's
+temporal receptive field, :meth:`WanModel.replay_frames`), kept in the resume state instead of the
+cache itself (3.6 GiB float32 for Wan 2.1's VAE at 480x832, against 42 latent frames, 17 MiB), so
+a resumed run writes the same bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from longgen.denoiser import FlowDenoiser, expand_cond
+
+WAN_GUIDANCE = 5.0          # WanPipeline's default guidance_scale
+WAN_MAX_TOKENS = 512        # its default max_sequence_length
+WAN_FRAMES = 81             # its default num_frames (5 s at 16 fps)
+WAN_SIZE = (480, 832)       # its default height, width
+WAN_FPS = 16.0              # the frame rate Wan's examples export at
+WAN_STRIDE_LATENT = 16      # default stride in latent frames: 5 of the 21 overlap
+PIPELINES = {"WanPipeline": "wan"}
+
+
+class WanVelocity:
+    """``(x_flow (B, C, t, h, w), sigma (B,), cond) -> v``: the transformer(s) as ``WanPipeline``
+    calls them; ``cond`` = ``{"prompt_embeds": (B, L, D)}``. ``timesteps`` maps a flow level to
+    the scheduler's timestep for it (filled by :class:`WanScheduling`); a level it lacks is given
+    as ``num_train_timesteps * sigma``."""
+
+    def __init__(self, transformer, transformer_2=None, boundary: float | None = None,
+                 expand_timesteps: bool = False, num_train_timesteps: int = 1000):
+        self.transformer, self.transformer_2 = transformer, transformer_2
+        self.boundary = boundary
+        self.expand_timesteps = bool(expand_timesteps)
+        self.num_train_timesteps = int(num_train_timesteps)
+        self.timesteps: dict[float, float] = {}
+
+    def model_timesteps(self, sigma: torch.Tensor) -> torch.Tensor:
+        vals = [self.timesteps.get(float(s), self.num_train_timesteps * float(s)) for s in sigma.reshape(-1)]
+        return torch.tensor(vals, dtype=torch.float32)
+
+    def _forward(self, model, x, ts, emb):
+        dev, dt = model.device, model.dtype
+        if self.expand_timesteps:   # one timestep per (1, 2, 2) patch, as the pipeline's mask * t
+            p = model.config.patch_size
+            n = (x.shape[2] // p[0]) * (x.shape[3] // p[1]) * (x.shape[4] // p[2])
+            ts = ts[:, None].expand(-1, n)
+        out = model(hidden_states=x.to(device=dev, dtype=dt), timestep=ts.to(dev),
+                    encoder_hidden_states=emb.to(device=dev, dtype=dt), return_dict=False)[0]
+        return out.to(device=x.device, dtype=x.dtype)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        B = x.shape[0]
+        cond = expand_cond(cond, B)
+        emb = cond["prompt_embeds"] if isinstance(cond, dict) else cond
+        ts = self.model_timesteps(torch.as_tensor(t).reshape(-1).expand(B))
+        if self.transformer_2 is None or self.boundary is None:
+            return self._forward(self.transformer, x, ts, emb)
+        low = ts < self.boundary          # the pipeline: t >= boundary -> transformer, else transformer_2
+        if not bool(low.any()):
+            return self._forward(self.transformer, x, ts, emb)
+        if bool(low.all()):
+            return self._forward(self.transformer_2, x, ts, emb)
+        out = torch.empty_like(x)
+        for mask, model in ((~low, self.transformer), (low, self.transformer_2)):
+            out[mask] = self._forward(model, x[mask], ts[mask], emb[mask])
+        return out
+
+
+class WanScheduling:
+    """The checkpoint's scheduler read by :func:`longgen.schedule.make_schedule` (never changed):
+    its sigma grid, Euler-stepped; each level's model timestep goes to the velocity's table."""
+
+    flow = True
+
+    def __init__(self, scheduler, velocity: WanVelocity):
+        self.scheduler, self.velocity = scheduler, velocity
+        self.config = scheduler.config
+
+    def longgen_schedule(self, steps: int, kind: str | None = None):
+        from longgen.schedule import make_schedule
+
+        if getattr(self.config, "use_dynamic_shifting", False):
+            raise ValueError(f"{type(self.scheduler).__name__} with use_dynamic_shifting=True: WanPipeline "
+                             "passes no mu, so this scheduler cannot run it; allowed: use_dynamic_shifting=False")
+        S = make_schedule(self.scheduler, steps, kind)
+        self.velocity.timesteps.update({float(s): float(m) for s, m in zip(S.timesteps, S.model_timesteps)})
+        return S
+
+
+class WanModel:
+    """A loaded ``WanPipeline`` in the shapes longgen's video jobs use."""
+
+    family = "wan"
+    kind = "wan"
+
+    def __init__(self, pipe, source: str | None = None, max_sequence_length: int = WAN_MAX_TOKENS):
+        self.pipe, self.source = pipe, source
+        self.vae = pipe.vae.eval()
+        self.transformer = pipe.transformer.eval()
+        self.transformer_2 = getattr(pipe, "transformer_2", None)
+        self.max_sequence_length = int(max_sequence_length)
+        if self.transformer is None:
+            raise ValueError("this Wan checkpoint has no transformer/ (a transformer_2-only Wan 2.2 "
+                             "checkpoint is not supported); allowed: transformer, or transformer + transformer_2")
+        cin = int(self.transformer.config.in_channels)
+        if cin != self.latent_channels:
+            raise ValueError(f"the transformer takes {cin} input channels but the VAE has {self.latent_channels} "
+                             "latent channels: an image-to-video checkpoint (WanImageToVideoPipeline) is not "
+                             "supported yet; allowed: a text-to-video WanPipeline checkpoint")
+        ratio = pipe.config.get("boundary_ratio") if hasattr(pipe.config, "get") else None
+        n_train = int(pipe.scheduler.config.num_train_timesteps)
+        boundary = None if ratio is None or self.transformer_2 is None else float(ratio) * n_train
+        self.velocity = WanVelocity(self.transformer, self.transformer_2, boundary,
+                                    bool(pipe.config.get("expand_timesteps", False)), n_train)
+        self.denoiser = FlowDenoiser(self.velocity)
+        self.scheduler = WanScheduling(pipe.scheduler, self.velocity)
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.z_dim)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(self.vae.config.scale_factor_spatial)
+
+    @property
+    def temporal_factor(self) -> int:
+        return int(self.vae.config.scale_factor_temporal)
+
+    @property
+    def pixel_multiple(self) -> int:
+        p = self.transformer.config.patch_size
+        return self.vae_scale_factor * max(int(p[1]), int(p[2]))
+
+    native_frames = WAN_FRAMES
+    native_size = WAN_SIZE
+    default_fps = WAN_FPS
+
+    def latent_frames(self, frames: int) -> int:
+        return 1 + (frames - 1) // self.temporal_factor
+
+    def default_guidance(self) -> float:
+        return WAN_GUIDANCE
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None):
+        """(cond, uncond): ``{"prompt_embeds": (B, L, D)}`` from the pipeline's own ``encode_prompt``."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        neg = negative_prompt or ""
+        negs = [neg] * len(prompts) if isinstance(neg, str) else list(neg)
+        emb, nemb = self.pipe.encode_prompt(prompt=prompts, negative_prompt=negs, do_classifier_free_guidance=True,
+                                            num_videos_per_prompt=1, max_sequence_length=self.max_sequence_length,
+                                            device=self.device)
+        return {"prompt_embeds": emb.float()}, {"prompt_embeds": nemb.float()}
+
+    # ------------------------------------------------------------------ VAE
+    def _stats(self, device, dtype):
+        c = self.vae.config
+        shape = (1, int(c.z_dim), 1, 1, 1)
+        mean = torch.tensor(c.latents_mean).view(shape).to(device, dtype)
+        std = torch.tensor(c.latents_std).view(shape).to(device, dtype)
+        return mean, std
+
+    @torch.no_grad()
+    def encode_clip(self, clip: torch.Tensor) -> torch.Tensor:
+        """Frames ``(3, F, H, W)`` in [-1, 1], ``F = 1 + 4k`` -> normalised latents ``(C, 1 + k, h, w)``
+        (posterior mode, ``(z - mean) / std`` as ``WanImageToVideoPipeline`` normalises its condition)."""
+        vae = self.vae
+        dev, dt = vae.device, vae.dtype
+        z = vae.encode(clip[None].to(dev, dt)).latent_dist.mode()
+        mean, std = self._stats(dev, dt)
+        return ((z - mean) / std)[0].float()
+
+    def decode_step(self, chunk: torch.Tensor, cache: Any, start: int):
+        """One chunk of normalised latents ``(C, n, h, w)`` at latent frames ``[start, start + n)`` ->
+        (frames ``(3, F, H, W)`` in [-1, 1], the decoder's cache after it): the loop of
+        ``AutoencoderKLWan._decode``, one latent frame per decoder call, the cache handed on. The
+        1x1x1 ``post_quant_conv`` runs per frame too, so a frame's output does not depend on how the
+        stream was cut into chunks."""
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, unpatchify
+
+        vae = self.vae
+        dev, dt = vae.device, vae.dtype
+        with torch.no_grad():
+            if cache is None:
+                cache = [None] * sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
+            mean, std = self._stats(dev, dt)
+            z = chunk[None].to(dev, dt) * std + mean
+            outs = []
+            for i in range(z.shape[2]):
+                x = vae.post_quant_conv(z[:, :, i:i + 1])
+                outs.append(vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=(start + i == 0)))
+            out = torch.cat(outs, 2)
+            if vae.config.patch_size is not None:
+                out = unpatchify(out, patch_size=vae.config.patch_size)
+            return out.clamp(-1.0, 1.0)[0].float().cpu(), cache
+
+    def replay_frames(self) -> int:
+        """Latent frames whose replay rebuilds the decoder's cache exactly (its temporal receptive
+        field, a bound): every causal convolution of temporal kernel k looks back k - 1 frames at
+        its rate, i.e. (k - 1) / r latent frames where r doubles after each temporal upsampling;
+        their sum, rounded up, plus 4 for the cached frames themselves. Tiny test VAE: bound 34,
+        exact from 30 on; Wan 2.1's VAE config: bound 42, exact from 38 on (measured by replaying
+        the last K of 50 random latent frames into a fresh cache)."""
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
+
+        rate, total, double_after = 1, 0.0, None
+        for m in self.vae.decoder.modules():
+            if isinstance(m, WanResample) and m.mode == "upsample3d":
+                double_after = m.time_conv
+            if isinstance(m, WanCausalConv3d):
+                total += (m.kernel_size[0] - 1) / rate
+                if m is double_after:
+                    rate, double_after = rate * 2, None
+        return int(-(-total // 1)) + 4
+
+    def decoder(self):
+        from longgen.stitch import CausalStreamingDecoder
+
+        return CausalStreamingDecoder(self.decode_step, axis=-3, replay=self.replay_frames())
+
+
+def pipeline_class(path: str | Path) -> str | None:
+    from ..image.dit import pipeline_class as _cls
+
+    p = Path(path).expanduser()
+    return _cls(p) if p.is_dir() else None
+
+
+def load_wan(model: str | Path, *, dtype: torch.dtype = torch.float32, device="cpu",
+             local_files_only: bool = True) -> WanModel:
+    """Load a ``WanPipeline`` checkpoint directory (or a cached hub id)."""
+    from ..image.dit import load_pipeline
+
+    return WanModel(load_pipeline("WanPipeline", model, dtype, device, local_files_only), source=str(model))
+
+
+# --------------------------------------------------------------------------- frame rules
+
+
+def check_frame_count(name: str, frames: Any, factor: int) -> int:
+    """``frames`` must be ``1 + factor * k``; the error names the nearest counts the VAE makes."""
+    if not isinstance(frames, int) or frames < 1:
+        raise ValueError(f"--{name} must be a positive integer, got {frames!r}")
+    if (frames - 1) % factor:
+        lo = 1 + (frames - 1) // factor * factor
+        raise ValueError(f"--{name} {frames}: this model's causal VAE makes 1 + {factor}k frames; "
+                         f"nearest: {lo} or {lo + factor}")
+    return frames
+
+
+def wan_parts(vm: WanModel, args) -> tuple:
+    """(engine, decoder, window, stride, height, width) of ``longgen video`` on a Wan checkpoint, in
+    pixel frames for window and stride (see the module docstring for the rules)."""
+    from longgen.engine import Engine, Given
+    from longgen.planner import plan_windows
+
+    from ..glue import engine_config, split_prompts
+    from .writers import clip_to_tensor, read_video
+
+    f = vm.temporal_factor
+    frames = check_frame_count("frames", args.frames if args.frames is not None else
+                               1 + f * (vm.latent_frames(vm.native_frames) - 1 + 2 * WAN_STRIDE_LATENT), f)
+    window = check_frame_count("window-frames", args.window_frames or vm.native_frames, f)
+    if window > vm.native_frames:
+        raise ValueError(f"--window-frames {window} is longer than the model's native window "
+                         f"({vm.native_frames} frames)")
+    wl = vm.latent_frames(window)
+    stride = args.stride_frames if args.stride_frames is not None else f * min(WAN_STRIDE_LATENT, max(1, wl - 1))
+    if not isinstance(stride, int) or stride < f or stride % f:
+        raise ValueError(f"--stride-frames must be a positive multiple of {f} (one latent frame each), got {stride!r}")
+    sl = stride // f
+    if sl > wl:
+        raise ValueError(f"--stride-frames {stride} is longer than the window ({window} frames)")
+    if frames < window:
+        raise ValueError(f"--frames {frames} is fewer than one window ({window} frames); allowed: >= {window}")
+    m = vm.pixel_multiple
+    H, W = (args.height or vm.native_size[0]), (args.width or vm.native_size[1])
+    for name, v in (("height", H), ("width", W)):
+        if not isinstance(v, int) or v <= 0 or v % m:
+            raise ValueError(f"--{name} must be a positive multiple of {m} pixels for Wan (VAE factor "
+                             f"{vm.vae_scale_factor} x transformer patch), got {v!r}")
+    plan = plan_windows(vm.latent_frames(frames), wl, sl)
+    given = None
+    if args.init is not None:
+        clip, _ = read_video(args.init, max_frames=window)
+        if len(clip) < window:
+            raise ValueError(f"--init clip {args.init} has {len(clip)} frames; it needs at least one window "
+                             f"({window} frames)")
+        lat = vm.encode_clip(clip_to_tensor(clip[:window], H, W))
+        given = Given(values=lat, known=torch.ones_like(lat))
+    prompts = split_prompts(args.prompt, len(plan))
+    pairs: dict[str, tuple] = {}
+    for p in dict.fromkeys(prompts):
+        pairs[p] = vm.encode_prompt(p, args.negative_prompt or "")
+    guidance = args.guidance if args.guidance is not None else vm.default_guidance()
+    cfg = engine_config(args, guidance)
+    cfg.paste_given = True
+    s = vm.vae_scale_factor
+    shape = (vm.latent_channels, wl, H // s, W // s)
+    engine = Engine(vm.denoiser, vm.scheduler, plan, shape, -3, cfg,
+                    window_cond=lambda w: pairs[prompts[w.index]], given=given, dtype=torch.float32,
+                    device=vm.device)
+    return engine, vm.decoder(), window, stride, H, W
+
+
+__all__ = ["WanModel", "WanVelocity", "WanScheduling", "load_wan", "wan_parts", "check_frame_count",
+           "WAN_GUIDANCE", "WAN_FRAMES", "WAN_SIZE", "WAN_FPS"]
