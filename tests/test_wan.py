@@ -239,7 +239,7 @@ def test_bad_input_exits_2_naming_the_value(ckpts, tmp_path, capsys):
     assert cli("--frames", 16, "--steps", 1, "--height", 32, "--width", 32, "--out", short) == 0  # builtin clip
     assert "has 16 frames; it needs at least one window (81 frames)" in run_err(
         capsys, *model, "--init", short, "--out", out)
-    for cls, what in (("WanImageToVideoPipeline", "Wan image-to-video"), ("CogVideoXPipeline", "CogVideoX")):
+    for cls, what in (("CogVideoXPipeline", "CogVideoX"), ("LTXPipeline", "LTX-Video")):
         d = tmp_path / cls
         d.mkdir()
         (d / "model_index.json").write_text(json.dumps({"_class_name": cls}))
@@ -264,3 +264,116 @@ def test_python_api_latents_and_latent_output(ckpts):
     assert a.shape == noise.shape and torch.equal(a, b)
     frames = video(m, "a lake", frames=101, latents=noise, output_type="np", steps=2, height=H, width=W)
     assert frames.shape == (101, H, W, 3)
+
+
+# --------------------------------------------------------------------------- image-to-video
+
+
+@pytest.fixture(scope="module")
+def i2v(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("wan_i2v")
+    return {"clip": build_wan(str(root), i2v=True), "noclip": build_wan(str(root), i2v=True, image_encoder=False)}
+
+
+def reference_image(path: Path | None = None):
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:H, 0:W]
+    arr = np.stack([127 + 100 * np.sin(xx / 5 + c) * np.cos(yy / 7) for c in (0, 2, 4)], -1)
+    img = Image.fromarray(np.clip(arr + g.normal(0, 5, arr.shape), 0, 255).astype(np.uint8))
+    if path is not None:
+        img.save(path)
+    return img
+
+
+@pytest.mark.parametrize("name", ["clip", "noclip"])
+def test_one_i2v_window_equals_wan_i2v_pipeline(i2v, name):
+    """The I2V condition layout: one window with ``ddim``, given the first window's condition
+    (mask + the VAE latent of [image, 0, ..., 0], and with ``clip`` the CLIP image states), equals
+    WanImageToVideoPipeline stepping Euler on the same grid, CFG 5. Measured 2.7e-6 (clip) and
+    2.0e-6 (noclip) with max|ref| 6.3 and 4.4; bound 1e-4 of max|ref|."""
+    m = load_wan(i2v[name])
+    m.max_sequence_length = MAX_TOKENS
+    img = reference_image()
+    noise = torch.randn(*LAT, generator=torch.Generator().manual_seed(1))
+    pipe, own = m.pipe, m.pipe.scheduler
+    pipe.scheduler = euler_on_grid().from_config(own.config)
+    try:
+        ref = pipe(image=img, prompt="a mountain lake", height=H, width=W, num_frames=81, num_inference_steps=4,
+                   guidance_scale=5.0, latents=noise[None].clone(), output_type="latent",
+                   max_sequence_length=MAX_TOKENS).frames[0]
+    finally:
+        pipe.scheduler = own
+    conds = m.image_conditions(img, H, W, 81)
+    assert ("image_embeds" in conds) == (name == "clip")
+    extra = {"condition": conds["first"], **({"image_embeds": conds["image_embeds"]} if name == "clip" else {})}
+    cond, uncond = m.encode_prompt("a mountain lake")
+    eng = Engine(m.denoiser, m.scheduler, plan_windows(21, 21, 16), LAT, -3,
+                 EngineConfig(method="ddim", steps=4, guidance_scale=5.0, seed=0),
+                 cond={**cond, **extra}, uncond={**uncond, **extra}, latents=noise)
+    out = torch.cat([c.latent for c in eng], -3)
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max(), float((out - ref).abs().max())
+
+
+def test_i2v_reference_image_conditions_every_window_and_keeps_the_first_frame(i2v, tmp_path):
+    """161 frames = 3 windows. A hook on the transformer's inputs: every forward of every window
+    carries the reference image's CLIP states; the channel condition marks the image as the first
+    frame in the first window only (later windows: nothing known, as the model reads frames not
+    given). The first frame is the image through the VAE (its latent pasted; the causal decoder's
+    frame 0 depends on latent frame 0 alone): max-abs <= 1e-5 against that round trip."""
+    from longgen.modalities.video import video
+
+    m = load_wan(i2v["clip"])
+    m.max_sequence_length = MAX_TOKENS
+    path = tmp_path / "first.png"
+    img = reference_image(path)
+    conds = m.image_conditions(img, H, W, 81)
+    seen: list[tuple[bool, float]] = []
+
+    def hook(module, args, kwargs):
+        hs, states = kwargs["hidden_states"], kwargs["encoder_hidden_states_image"]
+        assert hs.shape[1] == 36
+        assert all(torch.equal(row, conds["image_embeds"][0]) for row in states)
+        first_frame_mask = hs[:, 16:20, 0]
+        seen.append((bool((first_frame_mask == 1).all()), float(hs[:, 16:20, 1:].abs().max())))
+
+    handle = m.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        frames = video(m, "a mountain lake", frames=161, image=str(path), output_type="np", steps=3,
+                       height=H, width=W)
+    finally:
+        handle.remove()
+    assert frames.shape == (161, H, W, 3)
+    marked = [k for k, (first, _) in enumerate(seen) if first]
+    assert marked == list(range(len(marked))) and 0 < len(marked) < len(seen)   # window 0's forwards first
+    assert all(rest == 0.0 for _, rest in seen)                                  # no other frame marked known
+    roundtrip = (m.decoder().push(conds["image_latent"])[:, 0].permute(1, 2, 0) + 1) / 2
+    assert (torch.from_numpy(frames[0]) - roundtrip).abs().max() <= 1e-5
+
+
+def test_i2v_through_the_cli(i2v, tmp_path, capsys):
+    out = tmp_path / "i2v.mp4"
+    img = tmp_path / "first.png"
+    reference_image(img)
+    assert cli("--model", i2v["noclip"], "--image", img, "--frames", 241, "--height", H, "--width", W,
+               "--steps", 2, "--out", out) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert probe(out) == (241, W, H, 16.0) and info["kind"] == "wan-i2v" and info["windows"] == 4
+
+
+def test_i2v_bad_input(i2v, ckpts, tmp_path, capsys):
+    out = tmp_path / "o.mp4"
+    img = tmp_path / "first.png"
+    reference_image(img)
+    size = ("--height", H, "--width", W)
+    assert "is an image-to-video checkpoint (WanImageToVideoPipeline): give --image" in run_err(
+        capsys, "--model", i2v["clip"], *size, "--out", out)
+    assert "--image needs an image-to-video checkpoint (WanImageToVideoPipeline)" in run_err(
+        capsys, "--model", ckpts["wan2.1"], *size, "--image", img, "--out", out)
+    assert "--image apply to a real video checkpoint, not to --model builtin" in run_err(
+        capsys, "--image", img, "--out", out)
+    assert f"--image {tmp_path / 'nope.png'} does not exist" in run_err(
+        capsys, "--model", i2v["clip"], *size, "--image", tmp_path / "nope.png", "--out", out)
+    assert not out.exists()

@@ -90,7 +90,7 @@ def frame_decoder(vm: VideoModel):
 
 def check_model_options(args) -> None:
     if args.model == "builtin":
-        given = [f"--{k.replace('_', '-')}" for k in ("motion_adapter", "sd_path", "ckpt")
+        given = [f"--{k.replace('_', '-')}" for k in ("motion_adapter", "sd_path", "ckpt", "image")
                  if getattr(args, k, None) is not None]
         if getattr(args, "kind", "auto") != "auto":
             given.append("--kind")
@@ -140,7 +140,7 @@ def video_job(args) -> Job:
 
 
 # diffusers pipelines of video families longgen does not run yet: named in the refusal
-NOT_YET = {"WanImageToVideoPipeline": "Wan image-to-video", "CogVideoXPipeline": "CogVideoX",
+NOT_YET = {"CogVideoXPipeline": "CogVideoX",
            "CogVideoXImageToVideoPipeline": "CogVideoX image-to-video", "LTXPipeline": "LTX-Video",
            "LTXImageToVideoPipeline": "LTX-Video image-to-video", "HunyuanVideoPipeline": "HunyuanVideo"}
 
@@ -154,19 +154,23 @@ def load_any(args):
     cls = pipeline_class(args.model)
     if cls in NOT_YET:
         raise ValueError(f"{args.model} is a {cls} checkpoint ({NOT_YET[cls]}), which longgen does not run "
-                         "yet; supported video pipelines: WanPipeline (Wan 2.1/2.2 text-to-video), "
+                         "yet; supported video pipelines: WanPipeline, WanImageToVideoPipeline (Wan 2.1/2.2), "
                          "TextToVideoSDPipeline (ModelScope), AnimateDiff, LaVie")
     if cls in PIPELINES or kind == "wan":
         if kind not in ("auto", "wan"):
             raise ValueError(f"--kind {kind} does not fit {args.model}, a {cls} checkpoint; allowed: auto, wan")
         if cls not in PIPELINES:
-            raise ValueError(f"--kind wan needs a WanPipeline directory (model_index.json naming WanPipeline); "
+            raise ValueError(f"--kind wan needs a Wan pipeline directory (model_index.json naming WanPipeline or "
+                             "WanImageToVideoPipeline); "
                              f"{args.model} has {cls or 'no model_index.json'}")
         for k in ("motion_adapter", "sd_path", "ckpt"):
             if getattr(args, k, None) is not None:
                 raise ValueError(f"--{k.replace('_', '-')} applies to UNet video checkpoints, not to Wan")
         torch_dtype, dev = resolve_dtype(args.dtype, args.device)
         return load_wan(args.model, dtype=torch_dtype, device=dev)
+    if getattr(args, "image", None) is not None:
+        raise ValueError("--image needs an image-to-video checkpoint (WanImageToVideoPipeline); "
+                         f"{args.model} is a UNet text-to-video model")
     return load_video_model(args.model, kind=kind, dtype=args.dtype, device=args.device,
                             motion_adapter=_opt_str(args, "motion_adapter"), sd_path=_opt_str(args, "sd_path"),
                             ckpt=_opt_str(args, "ckpt"))

@@ -39,6 +39,8 @@ class Video:
         p.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's; builtin 128)")
         p.add_argument("--fps", type=float, default=None, help="output frame rate (default: 8; Wan 16)")
         p.add_argument("--init", type=Path, default=None, help="a clip whose first window-length frames start the video")
+        p.add_argument("--image", type=Path, default=None,
+                       help="first frame for an image-to-video checkpoint (Wan I2V): conditions every window")
         p.add_argument("--prompt", default="")
         p.add_argument("--negative-prompt", default=None)
         m = p.add_argument_group("real video checkpoints (see modalities.video.jobs)")

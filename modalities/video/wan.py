@@ -1,4 +1,5 @@
-"""Wan 2.1 / 2.2 text-to-video (diffusers ``WanPipeline``) behind longgen's engine.
+"""Wan 2.1 / 2.2 text- and image-to-video (diffusers ``WanPipeline``, ``WanImageToVideoPipeline``)
+behind longgen's engine.
 
 Conventions follow diffusers 0.42 ``pipelines/wan/pipeline_wan.py`` (facts in
 ``../shared/facts/flow-models.md``):
@@ -21,6 +22,19 @@ Conventions follow diffusers 0.42 ``pipelines/wan/pipeline_wan.py`` (facts in
   switches per step (one guidance scale for both experts: the pipeline's ``guidance_scale_2``
   defaults to it). TI2V-5B's ``expand_timesteps`` (one timestep per token) is passed as the
   pipeline does for a text-only run (every token at the step's timestep).
+
+Image-to-video (``--image first.png``, a ``WanImageToVideoPipeline`` checkpoint): the transformer
+takes ``[latents, mask (4 channels: the 4 frames of each latent frame), VAE latent of the clip
+condition]`` (36 channels), and with Wan 2.1 I2V the CLIP vision states of the image
+(``encoder_hidden_states_image``), built as the pipeline builds them
+(:meth:`WanModel.image_conditions`). Every window is given the reference image's CLIP states;
+the first window's channel condition marks the image as its first frame, later windows' mark no
+frame known (the latent of an all-zero clip, what the model reads where nothing is given): they
+start mid-video, continuing from the overlap ALM observes, not restarting at the image. The image's
+own latent (the causal VAE encodes frame 0 alone) is pasted as the first latent frame, so the
+video's first frame is the image through the VAE. A checkpoint without an image encoder (Wan 2.2
+I2V A14B) has only the channel condition: later windows see the image through the overlap alone.
+Wan 2.2 TI2V-5B (``expand_timesteps``) image-to-video is refused for now.
 
 Windows over latent frames. The native window is the pipeline's default 81 frames = 21 latent
 frames; the default stride is 16 latent frames (64 frames), which leaves 5 latent frames (20 frames)
@@ -56,7 +70,7 @@ WAN_FRAMES = 81             # its default num_frames (5 s at 16 fps)
 WAN_SIZE = (480, 832)       # its default height, width
 WAN_FPS = 16.0              # the frame rate Wan's examples export at
 WAN_STRIDE_LATENT = 16      # default stride in latent frames: 5 of the 21 overlap
-PIPELINES = {"WanPipeline": "wan"}
+PIPELINES = {"WanPipeline": "wan", "WanImageToVideoPipeline": "wan-i2v"}
 
 
 class WanVelocity:
@@ -77,32 +91,38 @@ class WanVelocity:
         vals = [self.timesteps.get(float(s), self.num_train_timesteps * float(s)) for s in sigma.reshape(-1)]
         return torch.tensor(vals, dtype=torch.float32)
 
-    def _forward(self, model, x, ts, emb):
+    def _forward(self, model, x, ts, cond):
         dev, dt = model.device, model.dtype
         if self.expand_timesteps:   # one timestep per (1, 2, 2) patch, as the pipeline's mask * t
             p = model.config.patch_size
             n = (x.shape[2] // p[0]) * (x.shape[3] // p[1]) * (x.shape[4] // p[2])
             ts = ts[:, None].expand(-1, n)
-        out = model(hidden_states=x.to(device=dev, dtype=dt), timestep=ts.to(dev),
-                    encoder_hidden_states=emb.to(device=dev, dtype=dt), return_dict=False)[0]
+        hs = x.to(device=dev, dtype=dt)
+        if "condition" in cond:      # image-to-video: [latents, mask, image latents] along channels
+            hs = torch.cat([hs, cond["condition"].to(device=dev, dtype=dt)], dim=1)
+        extra = {}
+        if "image_embeds" in cond:   # Wan 2.1 I2V: the CLIP image states, cross-attended
+            extra["encoder_hidden_states_image"] = cond["image_embeds"].to(device=dev, dtype=dt)
+        out = model(hidden_states=hs, timestep=ts.to(dev), encoder_hidden_states=cond["prompt_embeds"].to(
+            device=dev, dtype=dt), return_dict=False, **extra)[0]
         return out.to(device=x.device, dtype=x.dtype)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         B = x.shape[0]
         cond = expand_cond(cond, B)
-        emb = cond["prompt_embeds"] if isinstance(cond, dict) else cond
+        cond = dict(cond) if isinstance(cond, dict) else {"prompt_embeds": cond}
         ts = self.model_timesteps(torch.as_tensor(t).reshape(-1).expand(B))
         if self.transformer_2 is None or self.boundary is None:
-            return self._forward(self.transformer, x, ts, emb)
+            return self._forward(self.transformer, x, ts, cond)
         low = ts < self.boundary          # the pipeline: t >= boundary -> transformer, else transformer_2
         if not bool(low.any()):
-            return self._forward(self.transformer, x, ts, emb)
+            return self._forward(self.transformer, x, ts, cond)
         if bool(low.all()):
-            return self._forward(self.transformer_2, x, ts, emb)
+            return self._forward(self.transformer_2, x, ts, cond)
         out = torch.empty_like(x)
         for mask, model in ((~low, self.transformer), (low, self.transformer_2)):
-            out[mask] = self._forward(model, x[mask], ts[mask], emb[mask])
+            out[mask] = self._forward(model, x[mask], ts[mask], {k: v[mask] for k, v in cond.items()})
         return out
 
 
@@ -131,7 +151,6 @@ class WanModel:
     """A loaded ``WanPipeline`` in the shapes longgen's video jobs use."""
 
     family = "wan"
-    kind = "wan"
 
     def __init__(self, pipe, source: str | None = None, max_sequence_length: int = WAN_MAX_TOKENS):
         self.pipe, self.source = pipe, source
@@ -142,11 +161,19 @@ class WanModel:
         if self.transformer is None:
             raise ValueError("this Wan checkpoint has no transformer/ (a transformer_2-only Wan 2.2 "
                              "checkpoint is not supported); allowed: transformer, or transformer + transformer_2")
+        self.i2v = type(pipe).__name__ == "WanImageToVideoPipeline"
         cin = int(self.transformer.config.in_channels)
-        if cin != self.latent_channels:
-            raise ValueError(f"the transformer takes {cin} input channels but the VAE has {self.latent_channels} "
-                             "latent channels: an image-to-video checkpoint (WanImageToVideoPipeline) is not "
-                             "supported yet; allowed: a text-to-video WanPipeline checkpoint")
+        want = 2 * self.latent_channels + self.temporal_factor if self.i2v else self.latent_channels
+        if cin != want:
+            raise ValueError(f"the transformer takes {cin} input channels; a {type(pipe).__name__} with "
+                             f"{self.latent_channels} VAE channels needs {want}")
+        if self.i2v and pipe.config.get("expand_timesteps", False):
+            raise ValueError("a Wan 2.2 TI2V checkpoint (expand_timesteps=True) is not supported for "
+                             "image-to-video yet; allowed: Wan 2.1 I2V, Wan 2.2 I2V A14B, or text-to-video")
+        self.image_encoder = getattr(pipe, "image_encoder", None) if self.i2v else None
+        if self.i2v and self.transformer.config.image_dim is not None and self.image_encoder is None:
+            raise ValueError("this Wan I2V transformer takes CLIP image states (image_dim set) but the "
+                             "checkpoint has no image_encoder/")
         ratio = pipe.config.get("boundary_ratio") if hasattr(pipe.config, "get") else None
         n_train = int(pipe.scheduler.config.num_train_timesteps)
         boundary = None if ratio is None or self.transformer_2 is None else float(ratio) * n_train
@@ -156,6 +183,10 @@ class WanModel:
         self.scheduler = WanScheduling(pipe.scheduler, self.velocity)
 
     # ------------------------------------------------------------------ shapes
+    @property
+    def kind(self) -> str:
+        return "wan-i2v" if self.i2v else "wan"
+
     @property
     def device(self) -> torch.device:
         return self.transformer.device
@@ -202,6 +233,40 @@ class WanModel:
                                             num_videos_per_prompt=1, max_sequence_length=self.max_sequence_length,
                                             device=self.device)
         return {"prompt_embeds": emb.float()}, {"prompt_embeds": nemb.float()}
+
+    # ------------------------------------------------------------------ image-to-video
+    @torch.no_grad()
+    def image_conditions(self, image, height: int, width: int, frames: int) -> dict:
+        """What an I2V window is given, built as ``WanImageToVideoPipeline.prepare_latents`` and
+        ``encode_image`` build it: ``first`` -- the channel condition of the first window (mask 1
+        on the first latent frame's 4 sub-frames, then the normalised VAE latent of ``[image, 0,
+        ..., 0]``); ``later`` -- the same with no frame known (mask 0, the latent of an all-zero
+        clip: what the model reads where nothing is given), for every later window; ``image_latent``
+        -- the first latent frame, the image's own (the causal VAE encodes frame 0 alone);
+        ``image_embeds`` -- the CLIP vision states (penultimate layer) when the transformer takes
+        them (Wan 2.1 I2V), given to every window."""
+        pipe, vae = self.pipe, self.vae
+        dev, dt = vae.device, vae.dtype
+        img = pipe.video_processor.preprocess(image, height=height, width=width).to(dev, torch.float32)  # (1, 3, H, W)
+        mean, std = self._stats(dev, torch.float32)
+        f, s = self.temporal_factor, self.vae_scale_factor
+        lat_frames, h, w = self.latent_frames(frames), height // s, width // s
+        out = {}
+        for name, first in (("first", True), ("later", False)):
+            clip = torch.zeros(1, 3, frames, height, width, device=dev)
+            if first:
+                clip[:, :, 0] = img
+            z = vae.encode(clip.to(dt)).latent_dist.mode().float()
+            z = (z - mean) / std
+            mask = torch.zeros(1, f, lat_frames, h, w, device=dev)
+            if first:
+                mask[:, :, 0] = 1
+            out[name] = torch.cat([mask, z], dim=1).cpu()                        # (1, 4 + C, t, h, w)
+            if first:
+                out["image_latent"] = z[0, :, :1].cpu()                          # (C, 1, h, w)
+        if self.transformer.config.image_dim is not None:
+            out["image_embeds"] = pipe.encode_image(image, self.image_encoder.device).float().cpu()
+        return out
 
     # ------------------------------------------------------------------ VAE
     def _stats(self, device, dtype):
@@ -279,10 +344,14 @@ def pipeline_class(path: str | Path) -> str | None:
 
 def load_wan(model: str | Path, *, dtype: torch.dtype = torch.float32, device="cpu",
              local_files_only: bool = True) -> WanModel:
-    """Load a ``WanPipeline`` checkpoint directory (or a cached hub id)."""
+    """Load a ``WanPipeline`` or ``WanImageToVideoPipeline`` checkpoint directory (or a cached hub
+    id, read as ``WanPipeline``)."""
     from ..image.dit import load_pipeline
 
-    return WanModel(load_pipeline("WanPipeline", model, dtype, device, local_files_only), source=str(model))
+    cls = pipeline_class(model) or "WanPipeline"
+    if cls not in PIPELINES:
+        raise ValueError(f"{model} is a {cls} checkpoint; allowed: {', '.join(PIPELINES)}")
+    return WanModel(load_pipeline(cls, model, dtype, device, local_files_only), source=str(model))
 
 
 # --------------------------------------------------------------------------- frame rules
@@ -339,17 +408,35 @@ def wan_parts(vm: WanModel, args) -> tuple:
                              f"({window} frames)")
         lat = vm.encode_clip(clip_to_tensor(clip[:window], H, W))
         given = Given(values=lat, known=torch.ones_like(lat))
+    image = getattr(args, "image", None)
+    if vm.i2v and image is None:
+        raise ValueError(f"{vm.source} is an image-to-video checkpoint (WanImageToVideoPipeline): give "
+                         "--image first.png, the video's first frame")
+    if image is not None and not vm.i2v:
+        raise ValueError(f"--image needs an image-to-video checkpoint (WanImageToVideoPipeline); {vm.source} "
+                         "is text-to-video (WanPipeline)")
+    extra: list[dict] = [{}, {}]            # what the first window and every later one are given
+    if image is not None:
+        if given is not None:
+            raise ValueError("give --image or --init, not both")
+        from ..image.inpainting import read_picture
+
+        if not Path(image).is_file():
+            raise ValueError(f"--image {image} does not exist")
+        conds = vm.image_conditions(read_picture(Path(image), "image", "RGB"), H, W, window)
+        given = Given(values=conds["image_latent"], known=torch.ones_like(conds["image_latent"]))
+        embeds = {"image_embeds": conds["image_embeds"]} if "image_embeds" in conds else {}
+        extra = [{"condition": conds["first"], **embeds}, {"condition": conds["later"], **embeds}]
     prompts = split_prompts(args.prompt, len(plan))
-    pairs: dict[str, tuple] = {}
-    for p in dict.fromkeys(prompts):
-        pairs[p] = vm.encode_prompt(p, args.negative_prompt or "")
+    text = {p: vm.encode_prompt(p, args.negative_prompt or "") for p in dict.fromkeys(prompts)}
+    pairs = [tuple({**c, **extra[min(k, 1)]} for c in text[p]) for k, p in enumerate(prompts)]
     guidance = args.guidance if args.guidance is not None else vm.default_guidance()
     cfg = engine_config(args, guidance)
     cfg.paste_given = True
     s = vm.vae_scale_factor
     shape = (vm.latent_channels, wl, H // s, W // s)
     engine = Engine(vm.denoiser, vm.scheduler, plan, shape, -3, cfg,
-                    window_cond=lambda w: pairs[prompts[w.index]], given=given, dtype=torch.float32,
+                    window_cond=lambda w: pairs[w.index], given=given, dtype=torch.float32,
                     device=vm.device)
     return engine, vm.decoder(), window, stride, H, W
 
