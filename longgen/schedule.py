@@ -30,6 +30,7 @@ import torch
 from .denoiser import check_prediction_type, flow_abar, flow_scale, to_eps, to_x0
 
 BASE_KINDS = ("ddim", "ddpm", "euler")
+OWN_ALPHAS = ("CogVideoXDDIMScheduler", "CogVideoXDPMScheduler")   # stepped as DDIM on their own alphas
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 
 
@@ -200,6 +201,14 @@ def make_schedule(scheduler, num_inference_steps: int, kind: str | None = None, 
         raise ValueError(f"unknown base step {kind!r}; allowed: {', '.join(BASE_KINDS)}")
     config = scheduler.config
     cls = DDPMScheduler if kind == "ddpm" else DDIMScheduler
+    if type(scheduler).__name__ in OWN_ALPHAS:
+        # CogVideoX's schedulers shift the SNR (snr_shift_scale) before the zero-terminal rescale:
+        # their alphas_cumprod is not DDIMScheduler's from the same config, so read their own
+        if kind == "ddpm":
+            raise ValueError(f"{type(scheduler).__name__} steps with 'ddim'; 'ddpm' needs a DDPM scheduler")
+        from diffusers import CogVideoXDDIMScheduler
+
+        cls = CogVideoXDDIMScheduler
     if getattr(config, "thresholding", False):
         raise ValueError("scheduler config has thresholding=True, which longgen does not implement; "
                          "allowed: thresholding=False (clip_sample is supported)")
@@ -226,6 +235,8 @@ def make_schedule(scheduler, num_inference_steps: int, kind: str | None = None, 
     abar = torch.stack([acp[t] for t in timesteps]).double()
     abar_prev = torch.stack([acp[p] if p >= 0 else final for p in prev]).double()
     clip = float(private.config.clip_sample_range) if private.config.clip_sample else None
+    if type(scheduler).__name__ in OWN_ALPHAS:
+        clip = None   # their step never clips x0, whatever clip_sample says
     return Schedule(kind=kind, timesteps=timesteps, prev_timesteps=prev, abar=abar,
                     abar_prev=abar_prev, alphas_cumprod=acp.double(), num_train_timesteps=n_train,
                     prediction_type=check_prediction_type(private.config.prediction_type),

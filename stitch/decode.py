@@ -209,77 +209,130 @@ Step = Callable[[Tensor, Any, int], "tuple[Tensor, Any]"]
 class CausalStreamingDecoder:
     """Decode finished latent chunks with a causal decoder that carries its own temporal cache.
 
-    Causal video VAEs (Wan's ``AutoencoderKLWan``; CogVideoX's and LTX's likewise) decode the
-    latent frames in order, each causal convolution keeping the last frames of its input in a
+    Causal video VAEs (Wan's ``AutoencoderKLWan``, CogVideoX's ``AutoencoderKLCogVideoX``) decode
+    the latent frames in order, each causal convolution keeping the last frames of its input in a
     cache. Decoding chunk after chunk with the cache handed on is the same computation as one whole
-    decode, which walks the frames the same way -- no halo, nothing lagging behind.
+    decode, which walks the frames the same way -- no halo.
 
-    ``step(chunk, cache, start) -> (output, cache)``: decode ``chunk`` (latent positions
+    ``step(piece, cache, start) -> (output, cache)``: decode ``piece`` (latent positions
     ``[start, start + n)`` along ``axis``) from ``cache`` (None: a fresh cache) and return its
     output and the cache after it. The output of latent ``i`` need not have a fixed size (Wan: the
     first latent frame gives 1 frame, every other gives 4).
 
+    ``batches``: where the whole decode starts each of its calls, when a call's output depends on
+    what else is in it (CogVideoX's GroupNorms see all the frames of one call): the positions
+    ``[0, b1, b2, ..., length]``. Latents then wait until their call is complete, and each call
+    decodes exactly one of those pieces, so the stream reproduces the whole decode. None: any cut
+    gives the same output (Wan decodes one latent frame per call whatever it is given).
+
     Resume without saving the cache (for Wan's VAE at 480x832 it is 3.6 GiB in float32): a causal
-    stack of finite temporal kernels has a finite receptive field, so the cache after latent ``n``
-    is a function of the last ``replay`` latents only, whatever came before, once ``replay`` covers
-    that field. The decoder keeps those latents (``replay`` of them) and :meth:`state_dict` holds
-    them; :meth:`load_state_dict` runs them through a fresh cache, outputs discarded, and the
-    rebuilt cache equals the uninterrupted one (bit for bit when ``step`` computes each position
-    the same way whatever the chunking) -- so a resumed stream writes the same output.
+    stack of finite temporal kernels has a finite receptive field, so the cache is a function of
+    the last ``replay`` latents only, once ``replay`` covers that field. The decoder keeps those
+    latents (from a call boundary) and :meth:`state_dict` holds them with any latents still
+    waiting; :meth:`load_state_dict` runs them through a fresh cache, outputs discarded, and the
+    rebuilt cache equals the uninterrupted one, so a resumed stream writes the same output.
+    ``replay=None``: a decoder whose cache carries the whole past (no finite field): every decoded
+    latent is kept and a resume replays the stream from its start.
     """
 
     positional = False
     halo = 0
 
-    def __init__(self, step: Step, axis: int, replay: int):
+    def __init__(self, step: Step, axis: int, replay: int | None, batches: "list[int] | None" = None):
         _check_args(axis, 0, 1)
-        if not isinstance(replay, int) or replay < 0:
-            raise ValueError(f"replay must be an int >= 0, got {replay!r}")
-        self.step, self.axis, self.replay = step, axis, replay
+        if replay is not None and (not isinstance(replay, int) or replay < 0):
+            raise ValueError(f"replay must be an int >= 0 or None (everything), got {replay!r}")
+        if batches is not None:
+            batches = [int(b) for b in batches]
+            if len(batches) < 2 or batches[0] != 0 or any(b <= a for a, b in zip(batches, batches[1:])):
+                raise ValueError(f"batches must rise from 0 to the length, got {batches[:8]}")
+        self.step, self.axis, self.replay, self.batches = step, axis, replay, batches
         self.received = 0
+        self.decoded = 0
         self.cache: Any = None
-        self.tail: Tensor | None = None   # the last `replay` latents pushed
+        self.pending: Tensor | None = None      # latents [decoded, received)
+        self.tail: Tensor | None = None         # decoded latents [tail_start, decoded) kept for a replay
+        self.tail_start = 0
         self.flushed = False
+
+    def _cut(self, upto: int) -> int:
+        """The last call boundary <= upto (upto itself without batches)."""
+        if self.batches is None:
+            return upto
+        if upto > self.batches[-1]:
+            raise ValueError(f"the stream has {upto} latents; its decode calls cover {self.batches[-1]}")
+        return max(b for b in self.batches if b <= upto)
+
+    def _bounds(self, lo: int, hi: int) -> list[int]:
+        return [lo, hi] if self.batches is None else [b for b in self.batches if lo <= b <= hi]
+
+    def _decode(self, upto: int) -> Tensor | None:
+        n = upto - self.decoded
+        if n <= 0:
+            return None
+        piece = self.pending.narrow(self.axis, 0, n)
+        outs = []
+        bounds = self._bounds(self.decoded, upto)
+        for a, b in zip(bounds, bounds[1:]):
+            out, self.cache = self.step(piece.narrow(self.axis, a - self.decoded, b - a), self.cache, a)
+            outs.append(out)
+        rest = self.pending.shape[self.axis] - n
+        self.pending = self.pending.narrow(self.axis, n, rest).clone() if rest else None
+        piece = piece.detach().cpu()
+        tail = piece if self.tail is None else torch.cat([self.tail, piece], dim=self.axis)
+        start = 0 if self.replay is None else max(self._cut(max(0, upto - self.replay)), self.tail_start)
+        self.tail = tail.narrow(self.axis, start - self.tail_start, upto - start).clone()
+        self.tail_start, self.decoded = start, upto
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=self.axis)
 
     def push(self, chunk: Tensor) -> Tensor | None:
         if self.flushed:
             raise ValueError("push after flush: the stream has ended")
         if not isinstance(chunk, Tensor) or chunk.ndim < (-self.axis if self.axis < 0 else self.axis + 1):
             raise ValueError(f"chunk must be a tensor with axis {self.axis}, got {getattr(chunk, 'shape', type(chunk))}")
-        n = chunk.shape[self.axis]
-        if n == 0:
+        if chunk.shape[self.axis] == 0:
             return None
-        out, self.cache = self.step(chunk, self.cache, self.received)
-        self.received += n
-        tail = chunk if self.tail is None else torch.cat([self.tail, chunk.to(self.tail.device)], dim=self.axis)
-        keep = min(self.replay, tail.shape[self.axis])
-        self.tail = tail.narrow(self.axis, tail.shape[self.axis] - keep, keep).detach().cpu().clone()
-        return out
+        self.pending = chunk if self.pending is None else torch.cat([self.pending, chunk], dim=self.axis)
+        self.received += chunk.shape[self.axis]
+        return self._decode(self._cut(self.received))
 
     def flush(self) -> Tensor | None:
         if self.flushed:
             raise ValueError("flush called twice")
+        if self.batches is not None and self.received not in (self.decoded, self.batches[-1]):
+            raise ValueError(f"the stream ended after {self.received} latents; its decode calls end at "
+                             f"{self.batches[-1]}")
+        out = self._decode(self.received)
         self.flushed = True
         self.cache = None
-        return None
+        return out
 
     def state_dict(self) -> dict:
-        d = {"axis": self.axis, "causal": 1, "replay": self.replay, "received": self.received,
-             "flushed": int(self.flushed)}
+        d = {"axis": self.axis, "causal": 1, "replay": -1 if self.replay is None else self.replay,
+             "received": self.received,
+             "decoded": self.decoded, "tail_start": self.tail_start, "flushed": int(self.flushed)}
         if self.tail is not None:
             d["tail"] = self.tail.clone()
+        if self.pending is not None:
+            d["pending"] = self.pending.detach().cpu().clone()
         return d
 
     def load_state_dict(self, d: dict) -> None:
-        for key in ("axis", "replay"):
-            if int(d.get(key, -1)) != getattr(self, key) or int(d.get("causal", 0)) != 1:
-                raise ValueError(f"state is not that of a causal decoder with {key}={getattr(self, key)}")
-        self.received, self.flushed = int(d["received"]), bool(d["flushed"])
+        mine = {"axis": self.axis, "replay": -1 if self.replay is None else self.replay}
+        for key, value in mine.items():
+            if int(d.get(key, -2)) != value or int(d.get("causal", 0)) != 1:
+                raise ValueError(f"state is not that of a causal decoder with {key}={value}")
+        self.received, self.decoded = int(d["received"]), int(d["decoded"])
+        self.tail_start, self.flushed = int(d["tail_start"]), bool(d["flushed"])
         self.tail = d["tail"].clone() if "tail" in d else None
+        self.pending = d["pending"].clone() if "pending" in d else None
         held = 0 if self.tail is None else self.tail.shape[self.axis]
-        if held != min(self.replay, self.received):
-            raise ValueError(f"state holds {held} latents, expected min(replay, received) = "
-                             f"{min(self.replay, self.received)}")
+        waiting = 0 if self.pending is None else self.pending.shape[self.axis]
+        if held != self.decoded - self.tail_start or waiting != self.received - self.decoded:
+            raise ValueError(f"state holds {held} decoded and {waiting} waiting latents; its counters say "
+                             f"{self.decoded - self.tail_start} and {self.received - self.decoded}")
         self.cache = None
         if held and not self.flushed:   # rebuild the cache from the latents it depends on
-            _, self.cache = self.step(self.tail, None, self.received - held)
+            bounds = self._bounds(self.tail_start, self.decoded)
+            for a, b in zip(bounds, bounds[1:]):
+                _, self.cache = self.step(self.tail.narrow(self.axis, a - self.tail_start, b - a), self.cache, a)

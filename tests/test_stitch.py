@@ -400,3 +400,37 @@ def test_window_boundaries_match_where_paste_content_changes():
         window_boundaries([0, 5], [8])
     with pytest.raises(ValueError):
         window_boundaries([5, 0], [8, 8])
+
+
+def _causal_step(piece, cache, start):
+    """A causal decoder with a per-call statistic (like a GroupNorm over the call's frames) and a
+    cache of its last output frame: output = 2 * piece - mean(piece) + cache."""
+    prev = torch.zeros_like(piece[:, :1]) if cache is None else cache
+    out = 2 * piece - piece.mean(dim=1, keepdim=True) + prev
+    return out, out[:, -1:].clone()
+
+
+def test_causal_stream_makes_the_whole_decodes_calls_and_resumes():
+    from longgen.stitch import CausalStreamingDecoder
+
+    z = torch.randn(3, 11, 2, generator=torch.Generator().manual_seed(0))
+    calls = [0, 3, 5, 7, 9, 11]
+    whole, cache = [], None
+    for a, b in zip(calls, calls[1:]):
+        out, cache = _causal_step(z[:, a:b], cache, a)
+        whole.append(out)
+    whole = torch.cat(whole, 1)
+    dec = CausalStreamingDecoder(_causal_step, axis=1, replay=None, batches=calls)
+    outs = [dec.push(z[:, a:b]) for a, b in ((0, 2), (2, 6), (6, 11))]
+    assert outs[0] is None and outs[1].shape[1] == 5 and dec.flush() is None
+    assert torch.equal(torch.cat(outs[1:], 1), whole)
+    # cut after 6 latents (one waiting), state reloaded: the rest continues exactly
+    live = CausalStreamingDecoder(_causal_step, axis=1, replay=None, batches=calls)
+    first = live.push(z[:, :6])
+    resumed = CausalStreamingDecoder(_causal_step, axis=1, replay=None, batches=calls)
+    resumed.load_state_dict(live.state_dict())
+    assert torch.equal(torch.cat([first, resumed.push(z[:, 6:])], 1), whole)
+    with pytest.raises(ValueError, match="replay=3"):
+        CausalStreamingDecoder(_causal_step, axis=1, replay=3, batches=calls).load_state_dict(live.state_dict())
+    with pytest.raises(ValueError, match="batches must rise from 0"):
+        CausalStreamingDecoder(_causal_step, axis=1, replay=None, batches=[1, 4])

@@ -126,7 +126,7 @@ def replay_matches(m, n: int, cut: int) -> bool:
     live.push(z[:, :cut])
     resumed = m.decoder()
     resumed.load_state_dict(live.state_dict())
-    assert resumed.tail.shape[1] == min(cut, m.replay_frames())
+    assert resumed.tail.shape[1] == min(cut, m.replay_frames()) and resumed.tail_start == max(0, cut - m.replay_frames())
     return torch.equal(resumed.push(z[:, cut:]), live.push(z[:, cut:]))
 
 
@@ -239,7 +239,7 @@ def test_bad_input_exits_2_naming_the_value(ckpts, tmp_path, capsys):
     assert cli("--frames", 16, "--steps", 1, "--height", 32, "--width", 32, "--out", short) == 0  # builtin clip
     assert "has 16 frames; it needs at least one window (81 frames)" in run_err(
         capsys, *model, "--init", short, "--out", out)
-    for cls, what in (("CogVideoXPipeline", "CogVideoX"), ("LTXPipeline", "LTX-Video")):
+    for cls, what in (("LTXPipeline", "LTX-Video"), ("HunyuanVideoPipeline", "HunyuanVideo")):
         d = tmp_path / cls
         d.mkdir()
         (d / "model_index.json").write_text(json.dumps({"_class_name": cls}))
@@ -377,3 +377,23 @@ def test_i2v_bad_input(i2v, ckpts, tmp_path, capsys):
     assert f"--image {tmp_path / 'nope.png'} does not exist" in run_err(
         capsys, "--model", i2v["clip"], *size, "--image", tmp_path / "nope.png", "--out", out)
     assert not out.exists()
+
+
+def test_init_clip_is_kept_and_extended(ckpts, tmp_path):
+    """``--init clip.mp4``: the clip's first window (81 frames) encoded by the causal VAE is the
+    first window's given content, pasted; the video's first 81 frames are the clip's VAE round
+    trip (the causal decoder's frames 0..80 depend on latent frames 0..20 alone): max-abs <= 1e-5.
+    The frames after it are generated (they differ from a repeat of the clip's end)."""
+    from longgen.modalities.video import video
+    from longgen.modalities.video.writers import clip_to_tensor
+
+    clip = tmp_path / "clip.mp4"
+    assert cli("--frames", 96, "--steps", 1, "--height", H, "--width", W, "--out", clip) == 0   # builtin
+    m = load_wan(ckpts["wan2.1"])
+    m.max_sequence_length = MAX_TOKENS
+    frames = video(m, "a lake", frames=161, init=str(clip), output_type="np", steps=2, height=H, width=W)
+    assert frames.shape == (161, H, W, 3)
+    lat = m.encode_clip(clip_to_tensor(read_video(clip, max_frames=81)[0], H, W))      # (16, 21, 4, 4)
+    roundtrip = ((m.decoder().push(lat) + 1) / 2).permute(1, 2, 3, 0)                  # (81, H, W, 3)
+    assert (torch.from_numpy(frames[:81]) - roundtrip).abs().max() <= 1e-5
+    assert float(abs(frames[81:] - frames[80:81]).mean()) > 0.01

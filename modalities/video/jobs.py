@@ -1,5 +1,7 @@
 """``longgen video --model CKPT``: long videos from a real video UNet (ModelScope UNet3D, AnimateDiff,
-LaVie), sampled in windows of the model's native length and streamed to mp4.
+LaVie), sampled in windows of the model's native length and streamed to mp4. Checkpoints with a
+causal video VAE (Wan 2.x, CogVideoX; found from ``model_index.json``) take the job of
+:mod:`~longgen.modalities.video.causal` instead (windows over latent frames).
 
 The job mirrors the builtin path of :mod:`longgen.modalities.video.plugin`: windows of the model's native
 length (16 frames) at half that stride (the paper's LaVie setting: 12 windows for 104 frames; the
@@ -102,10 +104,10 @@ def video_parts(vm, args) -> tuple:
     """(engine, decoder, window, stride, height, width) of ``longgen video`` for a loaded
     :class:`VideoModel` or :class:`~.wan.WanModel` (the CLI job and
     :func:`longgen.modalities.video.video` share it)."""
-    if getattr(vm, "family", None) == "wan":
-        from .wan import wan_parts
+    if getattr(vm, "causal", False):   # Wan, CogVideoX: windows over latent frames
+        from .causal import causal_parts
 
-        return wan_parts(vm, args)
+        return causal_parts(vm, args)
     if args.frames is None:
         args.frames = 104
     native = native_frames(vm)
@@ -140,34 +142,38 @@ def video_job(args) -> Job:
 
 
 # diffusers pipelines of video families longgen does not run yet: named in the refusal
-NOT_YET = {"CogVideoXPipeline": "CogVideoX",
-           "CogVideoXImageToVideoPipeline": "CogVideoX image-to-video", "LTXPipeline": "LTX-Video",
+NOT_YET = {"CogVideoXImageToVideoPipeline": "CogVideoX image-to-video", "LTXPipeline": "LTX-Video",
            "LTXImageToVideoPipeline": "LTX-Video image-to-video", "HunyuanVideoPipeline": "HunyuanVideo"}
+# diffusers pipelines with a causal video VAE that longgen runs: class -> (kind, loader module, loader)
+CAUSAL = {"WanPipeline": ("wan", ".wan", "load_wan"), "WanImageToVideoPipeline": ("wan", ".wan", "load_wan"),
+          "CogVideoXPipeline": ("cogvideox", ".cogvideox", "load_cogvideox")}
 
 
 def load_any(args):
-    """The video model ``--model`` names: a Wan pipeline directory (``model_index.json`` says
-    ``WanPipeline``) or one of the UNet families of :func:`~.models.load_video_model`."""
-    from .wan import PIPELINES, load_wan, pipeline_class
+    """The video model ``--model`` names: a causal-VAE pipeline directory (``model_index.json``
+    names one of :data:`CAUSAL`) or one of the UNet families of :func:`~.models.load_video_model`."""
+    import importlib
+
+    from .wan import pipeline_class
 
     kind = getattr(args, "kind", "auto")
     cls = pipeline_class(args.model)
     if cls in NOT_YET:
         raise ValueError(f"{args.model} is a {cls} checkpoint ({NOT_YET[cls]}), which longgen does not run "
-                         "yet; supported video pipelines: WanPipeline, WanImageToVideoPipeline (Wan 2.1/2.2), "
-                         "TextToVideoSDPipeline (ModelScope), AnimateDiff, LaVie")
-    if cls in PIPELINES or kind == "wan":
-        if kind not in ("auto", "wan"):
-            raise ValueError(f"--kind {kind} does not fit {args.model}, a {cls} checkpoint; allowed: auto, wan")
-        if cls not in PIPELINES:
-            raise ValueError(f"--kind wan needs a Wan pipeline directory (model_index.json naming WanPipeline or "
-                             "WanImageToVideoPipeline); "
-                             f"{args.model} has {cls or 'no model_index.json'}")
+                         f"yet; supported video pipelines: {', '.join(CAUSAL)}, TextToVideoSDPipeline "
+                         "(ModelScope), AnimateDiff, LaVie")
+    kinds = {k for k, _, _ in CAUSAL.values()}
+    if cls in CAUSAL or kind in kinds:
+        want = CAUSAL[cls][0] if cls in CAUSAL else None
+        if kind != "auto" and kind != want:
+            raise ValueError(f"--kind {kind} does not fit {args.model}, which has "
+                             f"{cls or 'no model_index.json'}; allowed: auto" + (f", {want}" if want else ""))
         for k in ("motion_adapter", "sd_path", "ckpt"):
             if getattr(args, k, None) is not None:
-                raise ValueError(f"--{k.replace('_', '-')} applies to UNet video checkpoints, not to Wan")
+                raise ValueError(f"--{k.replace('_', '-')} applies to UNet video checkpoints, not to {cls}")
         torch_dtype, dev = resolve_dtype(args.dtype, args.device)
-        return load_wan(args.model, dtype=torch_dtype, device=dev)
+        _, module, fn = CAUSAL[cls]
+        return getattr(importlib.import_module(module, __package__), fn)(args.model, dtype=torch_dtype, device=dev)
     if getattr(args, "image", None) is not None:
         raise ValueError("--image needs an image-to-video checkpoint (WanImageToVideoPipeline); "
                          f"{args.model} is a UNet text-to-video model")

@@ -2,7 +2,8 @@
 setting: 12 windows for 104 frames), decoded frame by frame and encoded to mp4 as they finish.
 
 ``--model builtin`` samples the exact landscape video prior; ``--init clip.mp4`` gives the first
-frames, which the following windows extend. Real video UNets: :mod:`longgen.modalities.video.jobs`.
+frames, which the following windows extend. Real checkpoints (video UNets; Wan and CogVideoX, windows
+over latent frames): :mod:`longgen.modalities.video.jobs`.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ class Video:
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--frames", type=int, default=None,
-                       help="output length in frames (default: 104; Wan: 209, three 81-frame windows; "
-                            "Wan counts are 1 + 4k)")
+                       help="output length in frames (default: 104; Wan 209 = three 81-frame windows, counts "
+                            "1 + 4k; CogVideoX 129, counts 1 + 8k)")
         p.add_argument("--window-frames", type=int, default=None,
-                       help="window length (default: the model's, 16; Wan 81)")
+                       help="window length (default: the model's, 16; Wan 81; CogVideoX 49)")
         p.add_argument("--stride-frames", type=int, default=None,
-                       help="window stride (default: half the window; Wan 64 frames = 16 latent frames)")
+                       help="window stride (default: half the window; Wan 64 frames = 16 latent frames; CogVideoX 40)")
         p.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's; builtin 128)")
         p.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's; builtin 128)")
         p.add_argument("--fps", type=float, default=None, help="output frame rate (default: 8; Wan 16)")
@@ -44,7 +45,7 @@ class Video:
         p.add_argument("--prompt", default="")
         p.add_argument("--negative-prompt", default=None)
         m = p.add_argument_group("real video checkpoints (see modalities.video.jobs)")
-        m.add_argument("--kind", choices=("auto", "unet3d", "animatediff", "lavie", "wan"), default="auto",
+        m.add_argument("--kind", choices=("auto", "unet3d", "animatediff", "lavie", "wan", "cogvideox"), default="auto",
                        help="model family; auto = from the checkpoint (default: %(default)s)")
         m.add_argument("--motion-adapter", type=Path, default=None,
                        help="AnimateDiff MotionAdapter directory (with an SD checkpoint as --model)")

@@ -58,11 +58,13 @@ a resumed run writes the same bytes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from longgen.denoiser import FlowDenoiser, expand_cond
+
+from .causal import CausalVideoModel
 
 WAN_GUIDANCE = 5.0          # WanPipeline's default guidance_scale
 WAN_MAX_TOKENS = 512        # its default max_sequence_length
@@ -147,7 +149,7 @@ class WanScheduling:
         return S
 
 
-class WanModel:
+class WanModel(CausalVideoModel):
     """A loaded ``WanPipeline`` in the shapes longgen's video jobs use."""
 
     family = "wan"
@@ -188,14 +190,6 @@ class WanModel:
         return "wan-i2v" if self.i2v else "wan"
 
     @property
-    def device(self) -> torch.device:
-        return self.transformer.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
-
-    @property
     def latent_channels(self) -> int:
         return int(self.vae.config.z_dim)
 
@@ -212,27 +206,17 @@ class WanModel:
         p = self.transformer.config.patch_size
         return self.vae_scale_factor * max(int(p[1]), int(p[2]))
 
+    name = "Wan"
+    guidance = WAN_GUIDANCE
     native_frames = WAN_FRAMES
     native_size = WAN_SIZE
     default_fps = WAN_FPS
+    default_stride_latent = WAN_STRIDE_LATENT
 
-    def latent_frames(self, frames: int) -> int:
-        return 1 + (frames - 1) // self.temporal_factor
-
-    def default_guidance(self) -> float:
-        return WAN_GUIDANCE
-
-    # ------------------------------------------------------------------ text
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None):
-        """(cond, uncond): ``{"prompt_embeds": (B, L, D)}`` from the pipeline's own ``encode_prompt``."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        neg = negative_prompt or ""
-        negs = [neg] * len(prompts) if isinstance(neg, str) else list(neg)
-        emb, nemb = self.pipe.encode_prompt(prompt=prompts, negative_prompt=negs, do_classifier_free_guidance=True,
-                                            num_videos_per_prompt=1, max_sequence_length=self.max_sequence_length,
-                                            device=self.device)
-        return {"prompt_embeds": emb.float()}, {"prompt_embeds": nemb.float()}
+    @property
+    def frame_step(self) -> int:
+        """Frame counts are 1 + frame_step * k."""
+        return self.temporal_factor
 
     # ------------------------------------------------------------------ image-to-video
     @torch.no_grad()
@@ -329,7 +313,8 @@ class WanModel:
                     rate, double_after = rate * 2, None
         return int(-(-total // 1)) + 4
 
-    def decoder(self):
+    def decoder(self, latent_frames: int | None = None):
+        """The streaming decoder (one latent frame per VAE call, so any cut decodes alike)."""
         from longgen.stitch import CausalStreamingDecoder
 
         return CausalStreamingDecoder(self.decode_step, axis=-3, replay=self.replay_frames())
@@ -354,92 +339,12 @@ def load_wan(model: str | Path, *, dtype: torch.dtype = torch.float32, device="c
     return WanModel(load_pipeline(cls, model, dtype, device, local_files_only), source=str(model))
 
 
-# --------------------------------------------------------------------------- frame rules
-
-
-def check_frame_count(name: str, frames: Any, factor: int) -> int:
-    """``frames`` must be ``1 + factor * k``; the error names the nearest counts the VAE makes."""
-    if not isinstance(frames, int) or frames < 1:
-        raise ValueError(f"--{name} must be a positive integer, got {frames!r}")
-    if (frames - 1) % factor:
-        lo = 1 + (frames - 1) // factor * factor
-        raise ValueError(f"--{name} {frames}: this model's causal VAE makes 1 + {factor}k frames; "
-                         f"nearest: {lo} or {lo + factor}")
-    return frames
-
-
 def wan_parts(vm: WanModel, args) -> tuple:
-    """(engine, decoder, window, stride, height, width) of ``longgen video`` on a Wan checkpoint, in
-    pixel frames for window and stride (see the module docstring for the rules)."""
-    from longgen.engine import Engine, Given
-    from longgen.planner import plan_windows
+    """(engine, decoder, window, stride, height, width) of ``longgen video`` on a Wan checkpoint."""
+    from .causal import causal_parts
 
-    from ..glue import engine_config, split_prompts
-    from .writers import clip_to_tensor, read_video
-
-    f = vm.temporal_factor
-    frames = check_frame_count("frames", args.frames if args.frames is not None else
-                               1 + f * (vm.latent_frames(vm.native_frames) - 1 + 2 * WAN_STRIDE_LATENT), f)
-    window = check_frame_count("window-frames", args.window_frames or vm.native_frames, f)
-    if window > vm.native_frames:
-        raise ValueError(f"--window-frames {window} is longer than the model's native window "
-                         f"({vm.native_frames} frames)")
-    wl = vm.latent_frames(window)
-    stride = args.stride_frames if args.stride_frames is not None else f * min(WAN_STRIDE_LATENT, max(1, wl - 1))
-    if not isinstance(stride, int) or stride < f or stride % f:
-        raise ValueError(f"--stride-frames must be a positive multiple of {f} (one latent frame each), got {stride!r}")
-    sl = stride // f
-    if sl > wl:
-        raise ValueError(f"--stride-frames {stride} is longer than the window ({window} frames)")
-    if frames < window:
-        raise ValueError(f"--frames {frames} is fewer than one window ({window} frames); allowed: >= {window}")
-    m = vm.pixel_multiple
-    H, W = (args.height or vm.native_size[0]), (args.width or vm.native_size[1])
-    for name, v in (("height", H), ("width", W)):
-        if not isinstance(v, int) or v <= 0 or v % m:
-            raise ValueError(f"--{name} must be a positive multiple of {m} pixels for Wan (VAE factor "
-                             f"{vm.vae_scale_factor} x transformer patch), got {v!r}")
-    plan = plan_windows(vm.latent_frames(frames), wl, sl)
-    given = None
-    if args.init is not None:
-        clip, _ = read_video(args.init, max_frames=window)
-        if len(clip) < window:
-            raise ValueError(f"--init clip {args.init} has {len(clip)} frames; it needs at least one window "
-                             f"({window} frames)")
-        lat = vm.encode_clip(clip_to_tensor(clip[:window], H, W))
-        given = Given(values=lat, known=torch.ones_like(lat))
-    image = getattr(args, "image", None)
-    if vm.i2v and image is None:
-        raise ValueError(f"{vm.source} is an image-to-video checkpoint (WanImageToVideoPipeline): give "
-                         "--image first.png, the video's first frame")
-    if image is not None and not vm.i2v:
-        raise ValueError(f"--image needs an image-to-video checkpoint (WanImageToVideoPipeline); {vm.source} "
-                         "is text-to-video (WanPipeline)")
-    extra: list[dict] = [{}, {}]            # what the first window and every later one are given
-    if image is not None:
-        if given is not None:
-            raise ValueError("give --image or --init, not both")
-        from ..image.inpainting import read_picture
-
-        if not Path(image).is_file():
-            raise ValueError(f"--image {image} does not exist")
-        conds = vm.image_conditions(read_picture(Path(image), "image", "RGB"), H, W, window)
-        given = Given(values=conds["image_latent"], known=torch.ones_like(conds["image_latent"]))
-        embeds = {"image_embeds": conds["image_embeds"]} if "image_embeds" in conds else {}
-        extra = [{"condition": conds["first"], **embeds}, {"condition": conds["later"], **embeds}]
-    prompts = split_prompts(args.prompt, len(plan))
-    text = {p: vm.encode_prompt(p, args.negative_prompt or "") for p in dict.fromkeys(prompts)}
-    pairs = [tuple({**c, **extra[min(k, 1)]} for c in text[p]) for k, p in enumerate(prompts)]
-    guidance = args.guidance if args.guidance is not None else vm.default_guidance()
-    cfg = engine_config(args, guidance)
-    cfg.paste_given = True
-    s = vm.vae_scale_factor
-    shape = (vm.latent_channels, wl, H // s, W // s)
-    engine = Engine(vm.denoiser, vm.scheduler, plan, shape, -3, cfg,
-                    window_cond=lambda w: pairs[w.index], given=given, dtype=torch.float32,
-                    device=vm.device)
-    return engine, vm.decoder(), window, stride, H, W
+    return causal_parts(vm, args)
 
 
-__all__ = ["WanModel", "WanVelocity", "WanScheduling", "load_wan", "wan_parts", "check_frame_count",
+__all__ = ["WanModel", "WanVelocity", "WanScheduling", "load_wan", "wan_parts",
            "WAN_GUIDANCE", "WAN_FRAMES", "WAN_SIZE", "WAN_FPS"]
