@@ -123,7 +123,10 @@ def test_three_native_lengths_through_the_cli(ckpts, tmp_path, capsys):
     assert info["window"] == 49 and info["stride"] == 40
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_bytes(ckpts, tmp_path):
+    """SIGKILL after 2 of 4 windows, --resume: the uninterrupted run's bytes (the decoder's state
+    replays every decoded latent frame; its in-process check is in the default run)."""
     args = ["video", "--model", ckpts["2b"], "--frames", 145, "--height", H, "--width", W, "--steps", 16,
             "--no-progress"]
     part = tmp_path / "part.mp4"

@@ -239,7 +239,7 @@ def test_bad_input_exits_2_naming_the_value(ckpts, tmp_path, capsys):
     assert cli("--frames", 16, "--steps", 1, "--height", 32, "--width", 32, "--out", short) == 0  # builtin clip
     assert "has 16 frames; it needs at least one window (81 frames)" in run_err(
         capsys, *model, "--init", short, "--out", out)
-    for cls, what in (("LTXPipeline", "LTX-Video"), ("HunyuanVideoPipeline", "HunyuanVideo")):
+    for cls, what in (("LTXImageToVideoPipeline", "LTX-Video image-to-video"), ("HunyuanVideoPipeline", "HunyuanVideo")):
         d = tmp_path / cls
         d.mkdir()
         (d / "model_index.json").write_text(json.dumps({"_class_name": cls}))

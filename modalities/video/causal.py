@@ -1,20 +1,23 @@
-"""Windows over latent frames for video families with a causal VAE (Wan, CogVideoX): the job of
+"""Windows over latent frames for video families with a causal VAE (Wan, CogVideoX, LTX-Video): the job of
 ``longgen video`` on such a checkpoint, written once against what the family's model object has
 (:class:`~.wan.WanModel`, :class:`~.cogvideox.CogVideoXModel`).
 
 Rules (each family sets its numbers):
 
 * ``--frames N`` must be ``1 + frame_step * k`` (Wan: 4, the VAE's temporal factor; CogVideoX: 8,
-  because its VAE decodes an even latent count to 4n frames, not 1 + 4(n - 1)); the error names the
-  nearest valid counts. A run has ``1 + (N - 1) / temporal_factor`` latent frames.
-* The window is the pipeline's default frame count (Wan 81 = 21 latent frames, CogVideoX 49 = 13),
-  the stride ``default_stride_latent`` latent frames (Wan 16, CogVideoX 10), given in frames as
+  because its VAE decodes an even latent count to 4n frames, not 1 + 4(n - 1); LTX: 8, its VAE's
+  factor); the error names the nearest valid counts. A run has ``1 + (N - 1) / temporal_factor``
+  latent frames.
+* The window is the pipeline's default frame count (Wan 81 = 21 latent frames, CogVideoX 49 = 13,
+  LTX 161 = 21), the stride ``default_stride_latent`` latent frames (Wan 16, CogVideoX 10, LTX 16),
+  given in frames as
   ``--window-frames`` / ``--stride-frames`` (a multiple of the temporal factor). The planner aligns
   the last window to the end. Default length: three windows' worth.
 * ``a|b|c``: one prompt per window. ``--init clip.mp4``: the clip's first window, VAE-encoded, is
   the first window's given content (pasted; its noisy version the DDIM inversion, as for the UNet
   families). ``--image``: image-to-video checkpoints (:meth:`~.wan.WanModel.image_conditions`).
-* Frames stream through :class:`longgen.stitch.CausalStreamingDecoder` with the VAE's own cache.
+* Frames stream through :class:`longgen.stitch.CausalStreamingDecoder` with the VAE's own cache
+  (Wan, CogVideoX) or a halo decoder (LTX, whose VAE decoder is not causal).
 """
 
 from __future__ import annotations
@@ -142,7 +145,8 @@ def causal_parts(vm, args) -> tuple:
     cfg.paste_given = True
     s = vm.vae_scale_factor
     shape = (vm.latent_channels, wl, H // s, W // s)
-    engine = Engine(vm.denoiser, vm.scheduler, plan, shape, -3, cfg,
+    sched = vm.scheduling(*shape[1:]) if hasattr(vm, "scheduling") else vm.scheduler   # LTX: per window size
+    engine = Engine(vm.denoiser, sched, plan, shape, -3, cfg,
                     window_cond=lambda w: pairs[w.index], given=given, dtype=torch.float32,
                     device=vm.device)
     return engine, vm.decoder(plan.length), window, stride, H, W

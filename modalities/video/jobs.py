@@ -1,6 +1,6 @@
 """``longgen video --model CKPT``: long videos from a real video UNet (ModelScope UNet3D, AnimateDiff,
 LaVie), sampled in windows of the model's native length and streamed to mp4. Checkpoints with a
-causal video VAE (Wan 2.x, CogVideoX; found from ``model_index.json``) take the job of
+causal video VAE (Wan 2.x, CogVideoX, LTX-Video; found from ``model_index.json``) take the job of
 :mod:`~longgen.modalities.video.causal` instead (windows over latent frames).
 
 The job mirrors the builtin path of :mod:`longgen.modalities.video.plugin`: windows of the model's native
@@ -142,11 +142,13 @@ def video_job(args) -> Job:
 
 
 # diffusers pipelines of video families longgen does not run yet: named in the refusal
-NOT_YET = {"CogVideoXImageToVideoPipeline": "CogVideoX image-to-video", "LTXPipeline": "LTX-Video",
-           "LTXImageToVideoPipeline": "LTX-Video image-to-video", "HunyuanVideoPipeline": "HunyuanVideo"}
+NOT_YET = {"CogVideoXImageToVideoPipeline": "CogVideoX image-to-video",
+           "LTXImageToVideoPipeline": "LTX-Video image-to-video", "LTXConditionPipeline": "LTX-Video conditioning",
+           "HunyuanVideoPipeline": "HunyuanVideo"}
 # diffusers pipelines with a causal video VAE that longgen runs: class -> (kind, loader module, loader)
 CAUSAL = {"WanPipeline": ("wan", ".wan", "load_wan"), "WanImageToVideoPipeline": ("wan", ".wan", "load_wan"),
-          "CogVideoXPipeline": ("cogvideox", ".cogvideox", "load_cogvideox")}
+          "CogVideoXPipeline": ("cogvideox", ".cogvideox", "load_cogvideox"),
+          "LTXPipeline": ("ltx", ".ltx", "load_ltx")}
 
 
 def load_any(args):

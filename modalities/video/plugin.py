@@ -2,7 +2,7 @@
 setting: 12 windows for 104 frames), decoded frame by frame and encoded to mp4 as they finish.
 
 ``--model builtin`` samples the exact landscape video prior; ``--init clip.mp4`` gives the first
-frames, which the following windows extend. Real checkpoints (video UNets; Wan and CogVideoX, windows
+frames, which the following windows extend. Real checkpoints (video UNets; Wan, CogVideoX, LTX, windows
 over latent frames): :mod:`longgen.modalities.video.jobs`.
 """
 
@@ -31,21 +31,22 @@ class Video:
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--frames", type=int, default=None,
                        help="output length in frames (default: 104; Wan 209 = three 81-frame windows, counts "
-                            "1 + 4k; CogVideoX 129, counts 1 + 8k)")
+                            "1 + 4k; CogVideoX 129, counts 1 + 8k; LTX 417, counts 1 + 8k)")
         p.add_argument("--window-frames", type=int, default=None,
-                       help="window length (default: the model's, 16; Wan 81; CogVideoX 49)")
+                       help="window length (default: the model's, 16; Wan 81; CogVideoX 49; LTX 161)")
         p.add_argument("--stride-frames", type=int, default=None,
-                       help="window stride (default: half the window; Wan 64 frames = 16 latent frames; CogVideoX 40)")
+                       help="window stride (default: half the window; Wan 64 frames = 16 latent frames; CogVideoX 40; "
+                            "LTX 128)")
         p.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's; builtin 128)")
         p.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's; builtin 128)")
-        p.add_argument("--fps", type=float, default=None, help="output frame rate (default: 8; Wan 16)")
+        p.add_argument("--fps", type=float, default=None, help="output frame rate (default: 8; Wan 16; LTX 25)")
         p.add_argument("--init", type=Path, default=None, help="a clip whose first window-length frames start the video")
         p.add_argument("--image", type=Path, default=None,
                        help="first frame for an image-to-video checkpoint (Wan I2V): conditions every window")
         p.add_argument("--prompt", default="")
         p.add_argument("--negative-prompt", default=None)
         m = p.add_argument_group("real video checkpoints (see modalities.video.jobs)")
-        m.add_argument("--kind", choices=("auto", "unet3d", "animatediff", "lavie", "wan", "cogvideox"), default="auto",
+        m.add_argument("--kind", choices=("auto", "unet3d", "animatediff", "lavie", "wan", "cogvideox", "ltx"), default="auto",
                        help="model family; auto = from the checkpoint (default: %(default)s)")
         m.add_argument("--motion-adapter", type=Path, default=None,
                        help="AnimateDiff MotionAdapter directory (with an SD checkpoint as --model)")
