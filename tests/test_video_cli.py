@@ -267,3 +267,46 @@ def test_writer_bytes_depend_only_on_frames(tmp_path):
         w.close()
         hashes.add(sha256(path))
     assert len(hashes) == 1
+
+
+def test_per_window_prompts_builtin_and_unet(models, tmp_path):
+    """``a|b|c`` gives window k prompt k: the builtin prior's class condition, and a real UNet's
+    text states as its forward sees them (a pre-hook on the UNet); one prompt per window or a
+    clear error."""
+    from argparse import Namespace
+
+    from longgen.builtin import SCENES
+    from longgen.cli import build_parser, discover
+    from longgen.modalities.video.jobs import video_parts
+    from longgen.modalities.video.models import load_video_model
+
+    plugins = discover()
+    parser = build_parser({"video": plugins["video"]})
+    args = parser.parse_args(["video", "--frames", "40", "--steps", "2", "--height", "32", "--width", "32",
+                              "--prompt", "day|night|desert|snow", "--out", str(tmp_path / "o.mp4")])
+    engine = plugins["video"].build_job(args).engine
+    names = list(SCENES)
+    assert [int(engine.window_cond(w)[0]) for w in engine.plan.windows] == [names.index(n) for n in
+                                                                             ("day", "night", "desert", "snow")]
+    vm = load_video_model(models["unet3d"][1])
+    prompts = ["a lake", "a mountain", "a red sky"]
+    embs = [vm.encode_prompt(p)[0][0] for p in prompts] + [vm.encode_prompt("")[1][0]]
+    seen: list[int] = []
+
+    def hook(module, a, kw):
+        for row in kw["encoder_hidden_states"]:
+            seen.append([i for i, e in enumerate(embs) if torch.equal(row, e)][0])
+
+    ns = Namespace(**{**vars(args), "model": models["unet3d"][1], "prompt": "|".join(prompts), "frames": 32,
+                      "height": None, "width": None})
+    engine = video_parts(vm, ns)[0]
+    h = vm.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for _ in engine:
+            pass
+    finally:
+        h.remove()
+    order = [k for k in seen if k != 3]
+    assert order == sorted(order) and set(order) == {0, 1, 2}
+    with pytest.raises(ValueError, match="3 '\\|'-separated prompts but the plan has 2 windows"):
+        video_parts(vm, Namespace(**{**vars(ns), "frames": 24}))

@@ -39,18 +39,20 @@ def _loaded_model_job(vm, args):
 def video(model: Any = "builtin", prompt: str = "", frames: int | None = None, *,
           latents: torch.Tensor | None = None, output_type: str = "pil",
           generator: torch.Generator | None = None, seed: int | None = None, **options):
-    """A ``frames``-long video (default: 104 frames; Wan 209). ``model``: ``"builtin"``, a video
-    checkpoint path (what ``longgen video --model`` takes), or a loaded
-    :class:`~longgen.modalities.video.models.VideoModel`, :class:`~longgen.modalities.video.wan.WanModel`
-    or :class:`~longgen.modalities.video.cogvideox.CogVideoXModel`.
+    """A ``frames``-long video (default: 104 frames; Wan 209, CogVideoX 129, LTX 417). ``model``:
+    ``"builtin"``, a video checkpoint path (what ``longgen video --model`` takes), or a loaded
+    :class:`~longgen.modalities.video.models.VideoModel`, :class:`~longgen.modalities.video.wan.WanModel`,
+    :class:`~longgen.modalities.video.cogvideox.CogVideoXModel` or :class:`~longgen.modalities.video.ltx.LTXModel`.
     Other keywords: the command's options with underscores (``steps``, ``height``, ``width``,
     ``window_frames``, ``stride_frames``, ``init`` (a clip path), ``guidance``, ``w2``, ...).
-    ``latents``: initial noise ``(C, frames, H/8, W/8)`` (Wan, CogVideoX: ``(C, 1 + (frames - 1) / 4,
-    H/8, W/8)``, the pipeline's latents with channels first); nothing is drawn for Y_T."""
+    ``latents``: initial noise ``(C, frames, H/8, W/8)``; for the causal-VAE families ``(C, 1 + (frames -
+    1) / r, H/s, W/s)`` with the VAE's temporal factor r and spatial factor s (Wan, CogVideoX: 4 and 8;
+    LTX: 8 and 32), the pipeline's latents unpacked, channels first; nothing is drawn for Y_T."""
     from ..glue import _seed, check_output_type, cli_args, run_in_memory
 
     check_output_type(output_type)
     from .models import VideoModel
+
     loaded = isinstance(model, VideoModel) or getattr(model, "causal", False)
     if not (loaded or isinstance(model, (str, Path))):
         raise ValueError(f"model must be 'builtin', a checkpoint path or a loaded video model; got "

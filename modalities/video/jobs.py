@@ -31,7 +31,7 @@ from longgen.planner import plan_windows
 from longgen.run import Job
 from longgen.stitch import StreamingDecoder
 
-from ..glue import engine_config
+from ..glue import engine_config, split_prompts
 from .models import NATIVE_FRAMES, VideoModel, load_video_model, resolve_dtype
 from .writers import check_frames, clip_to_tensor
 from .writers import MP4Writer, read_video
@@ -102,9 +102,9 @@ def check_model_options(args) -> None:
 
 def video_parts(vm, args) -> tuple:
     """(engine, decoder, window, stride, height, width) of ``longgen video`` for a loaded
-    :class:`VideoModel` or :class:`~.wan.WanModel` (the CLI job and
+    :class:`VideoModel` or a causal-VAE family's model (Wan, CogVideoX, LTX; the CLI job and
     :func:`longgen.modalities.video.video` share it)."""
-    if getattr(vm, "causal", False):   # Wan, CogVideoX: windows over latent frames
+    if getattr(vm, "causal", False):   # windows over latent frames
         from .causal import causal_parts
 
         return causal_parts(vm, args)
@@ -120,12 +120,13 @@ def video_parts(vm, args) -> tuple:
     s = vm.vae_scale_factor
     plan = plan_windows(args.frames, window, stride)
     given = init_given(args.init, vm, window, H, W) if args.init is not None else None
-    cond, uncond = vm.encode_prompt(args.prompt, args.negative_prompt or "")  # (1, 77, D) each
+    prompts = split_prompts(args.prompt, len(plan))                          # a|b|c: one per window
+    text = {p: vm.encode_prompt(p, args.negative_prompt or "") for p in dict.fromkeys(prompts)}  # (1, 77, D) each
     guidance = args.guidance if args.guidance is not None else DEFAULT_GUIDANCE
     cfg = engine_config(args, guidance)
     cfg.paste_given = True  # the init clip is kept as given
     shape = (vm.latent_channels, window, H // s, W // s)                      # (C, F, h, w)
-    engine = Engine(vm.denoiser, vm.scheduler, plan, shape, -3, cfg, cond=cond, uncond=uncond,
+    engine = Engine(vm.denoiser, vm.scheduler, plan, shape, -3, cfg, window_cond=lambda w: text[prompts[w.index]],
                     given=given, dtype=torch.float32, device=vm.device)
     decoder = StreamingDecoder(frame_decoder(vm), axis=-3, halo=0, scale=1)
     return engine, decoder, window, stride, H, W

@@ -15,7 +15,8 @@ from pathlib import Path
 from longgen.cli import request_of
 from longgen.run import Job
 
-from ..glue import VAE_SCALE, builtin_scheduler, check_builtin_dtype, check_pixels, engine_config, scene_class
+from ..glue import (VAE_SCALE, builtin_scheduler, check_builtin_dtype, check_pixels, engine_config, scene_class,
+                    split_prompts)
 from .writers import MP4Writer, check_frames, clip_to_tensor, read_video  # noqa: F401
 
 
@@ -92,12 +93,13 @@ class Video:
             given = Given(values=lat, known=torch.ones_like(lat))
         sch = builtin_scheduler()
         den = PriorDenoiser.for_scheduler(video_prior(frames=window, height=h, width=w), sch)
-        cls = scene_class(args.prompt)
-        guidance = args.guidance if args.guidance is not None else (3.0 if cls >= 0 else 1.0)
+        classes = [scene_class(p) for p in split_prompts(args.prompt, len(plan))]   # a|b|c: one per window
+        guidance = args.guidance if args.guidance is not None else (3.0 if max(classes) >= 0 else 1.0)
         cfg = engine_config(args, guidance)
         cfg.paste_given = True  # the init clip is kept as given
         engine = Engine(den, sch, plan, (4, window, h, w), -3, cfg,
-                        cond=torch.tensor([cls]), uncond=torch.tensor([-1]), given=given, dtype=dtype)
+                        window_cond=lambda win: (torch.tensor([classes[win.index]]), torch.tensor([-1])),
+                        given=given, dtype=dtype)
         if given is None:  # the demo: the landscape, panned with parallax (frame numbers)
             scene = LandscapeRGB()
             decoder = StreamingDecoder(lambda z, f: scene.decode(z[None], f)[0], axis=-3, halo=0, scale=1,
