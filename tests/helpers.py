@@ -73,3 +73,22 @@ def kill_after_windows(cmd: list[str], cwd, manifest, windows: int, timeout: flo
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     return done
+
+
+def killed_run_resumes_identically(args: list, tmp_path, windows: int, cwd) -> tuple[int, object]:
+    """``longgen <args>`` SIGKILLed once ``windows`` windows are done, then ``--resume``d: asserts the
+    resumed output's bytes equal an uninterrupted run's; returns (windows done at the kill, the
+    uninterrupted output's path)."""
+    import hashlib
+    import sys
+
+    from longgen.cli import main
+
+    args = [str(a) for a in args]
+    part, full = tmp_path / "part.mp4", tmp_path / "full.mp4"
+    done = kill_after_windows([sys.executable, "-m", "longgen.cli", *args, "--out", str(part)], cwd,
+                              tmp_path / "part.mp4.longgen" / "manifest.json", windows)
+    assert main([*args, "--out", str(part), "--resume"]) == 0
+    assert main([*args, "--out", str(full)]) == 0
+    assert hashlib.sha256(part.read_bytes()).digest() == hashlib.sha256(full.read_bytes()).digest()
+    return done, full
