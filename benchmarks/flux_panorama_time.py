@@ -39,7 +39,7 @@ from longgen.engine import Engine, EngineConfig  # noqa: E402
 from longgen.samplers import multidiffusion  # noqa: E402
 from longgen.schedule import make_schedule  # noqa: E402
 from longgen.modalities.image.flux import FluxScheduling, FluxVelocity  # noqa: E402
-from longgen.modalities.image.sd_jobs import panorama_plan  # noqa: E402
+from longgen.modalities.image.jobs import panorama_plan  # noqa: E402
 
 SIZES = {
     # transformer config, (height, width, window) in px, VAE factor, text tokens

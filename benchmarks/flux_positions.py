@@ -25,7 +25,7 @@ from longgen.engine import Engine, EngineConfig  # noqa: E402
 from longgen.denoiser import FlowDenoiser  # noqa: E402
 from longgen.stitch.seams import seam_score, window_boundaries  # noqa: E402
 from longgen.modalities.image.flux import FluxScheduling, FluxVelocity  # noqa: E402
-from longgen.modalities.image.sd_jobs import panorama_plan  # noqa: E402
+from longgen.modalities.image.jobs import panorama_plan  # noqa: E402
 
 from flux_panorama_time import SIZES  # noqa: E402
 

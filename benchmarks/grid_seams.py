@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
     from longgen.builtin import image_prior
     from longgen.modalities.glue import builtin_scheduler
     from longgen.modalities.image.sd import load_sd
-    from longgen.modalities.image.sd_jobs import canvas_engine, canvas_plan, panorama_parts
+    from longgen.modalities.image.jobs import canvas_engine, canvas_plan, panorama_parts
     from longgen.priors import PriorDenoiser
     from tests.fixtures.tiny_sd import make_tiny_sd
 

@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     from diffusers import StableDiffusionPanoramaPipeline
 
     from longgen.modalities.image.sd import ddim_from, load_sd
-    from longgen.modalities.image.sd_jobs import panorama, panorama_plan
+    from longgen.modalities.image.jobs import panorama, panorama_plan
     from longgen.stitch import seam_score
     from tests.fixtures.tiny_sd import make_tiny_sd
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from longgen.builtin import image_prior  # noqa: E402
 from longgen.engine import Engine, EngineConfig  # noqa: E402
 from longgen.modalities.glue import builtin_scheduler  # noqa: E402
-from longgen.modalities.image.sd_jobs import panorama_plan  # noqa: E402
+from longgen.modalities.image.jobs import panorama_plan  # noqa: E402
 from longgen.priors import PriorDenoiser  # noqa: E402
 from longgen.stitch.seams import seam_score  # noqa: E402
 

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from longgen.modalities.image.sd import SDModel  # noqa: E402
-from longgen.modalities.image.sd_jobs import panorama, unet_forwards  # noqa: E402
+from longgen.modalities.image.jobs import panorama, unet_forwards  # noqa: E402
 from tests.fixtures.tiny_sd import tiny_sd_components  # noqa: E402
 
 PROMPT = "a wide mountain lake panorama"

@@ -243,6 +243,28 @@ def make_schedule(scheduler, num_inference_steps: int, kind: str | None = None, 
                     clip_sample=clip, variance_type=variance_type)
 
 
+class WindowScheduling:
+    """A pipeline's schedule for windows of ``tokens`` transformer tokens, read by
+    :func:`longgen.schedule.make_schedule` (the checkpoint's scheduler is never changed): the
+    scheduler's own grid, or with ``linear_sigmas`` the sigmas ``linspace(1, 1/N, N)`` that the
+    FLUX pipeline passes; with dynamic shifting, ``mu`` from the token count (a window has a
+    fixed size, so one ``mu`` per run)."""
+
+    flow = True
+    linear_sigmas = False
+
+    def __init__(self, scheduler, tokens: int):
+        self.scheduler, self.tokens = scheduler, int(tokens)
+        self.config = scheduler.config
+
+    def longgen_schedule(self, steps: int, kind: str | None = None):
+        import numpy as np
+
+        mu = flow_mu(self.config, self.tokens) if getattr(self.config, "use_dynamic_shifting", False) else None
+        sigmas = np.linspace(1.0, 1.0 / steps, steps) if self.linear_sigmas else None
+        return make_schedule(self.scheduler, steps, kind, mu=mu, sigmas=sigmas)
+
+
 def base_step(schedule: Schedule, i: int, x: torch.Tensor, output: torch.Tensor,
               prediction_type: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """One DDIM (eta = 0, DDIM Eq. 12) or DDPM (Ho et al. Eq. 7) step from model ``output`` at x.

@@ -20,7 +20,7 @@ from PIL import Image
 
 from longgen.cli import main
 from longgen.engine import NoiseField
-from longgen.modalities.image.sd_jobs import load_model, panorama
+from longgen.modalities.image.jobs import load_model, panorama
 from tests.fixtures.tiny_sd import tiny_sd_path, tiny_sdxl_path  # noqa: F401  (pytest fixtures)
 
 PROMPT = "a photo of a cat"
@@ -99,7 +99,7 @@ def test_lora_one_window_equals_diffusers_load_lora_weights(tiny_sd_path, tiny_l
 
 def test_lora_digest_is_part_of_the_resume_request(tiny_sd_path, tiny_lora, tmp_path):  # noqa: F811
     from longgen.cli import build_parser, discover
-    from longgen.modalities.image.sd_jobs import checkpoint_request
+    from longgen.modalities.image.jobs import checkpoint_request
     from longgen.run import sha256_file
 
     args = build_parser(discover()).parse_args(
@@ -195,7 +195,7 @@ def test_each_window_gets_its_own_crop_of_the_control_image(tiny_sd_path, tiny_c
     from diffusers import ControlNetModel
 
     from longgen.modalities.image.adapters import control_tensor
-    from longgen.modalities.image.sd_jobs import panorama_plan
+    from longgen.modalities.image.jobs import panorama_plan
 
     src = _control_png(tmp_path / "wide.png", 768, 256, seed=1)   # 2x the canvas, same aspect
     full = control_tensor(src, 384, 128)

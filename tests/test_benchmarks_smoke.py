@@ -57,7 +57,7 @@ def test_released_loop_equals_engine_chained(speed, tiny):
 
 
 def test_clock_counts_match_the_cost_formulas(speed, tiny):
-    from longgen.modalities.image.sd_jobs import unet_forwards
+    from longgen.modalities.image.jobs import unet_forwards
 
     sd, cond, uncond = tiny
     P, _, L = speed.geometry(sd)

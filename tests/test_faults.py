@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from longgen.cli import main
-from longgen.modalities.image.plugin import InpaintWriter
+from longgen.modalities.image.inpainting import InpaintWriter
 from longgen.modalities.image.writers import PNGStripWriter
 from longgen.modalities.motion.condmdi import CondMDIConfig
 from longgen.modalities.motion.plugin import NPYWriter

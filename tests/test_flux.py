@@ -15,7 +15,7 @@ from longgen.denoiser import CountingDenoiser
 from longgen.engine import Engine, EngineConfig
 from longgen.schedule import make_schedule
 from longgen.modalities.image.flux import FluxModel, image_ids, load_flux, pack, unpack
-from longgen.modalities.image.sd_jobs import panorama_plan
+from longgen.modalities.image.jobs import panorama_plan
 
 from .fixtures_video import tiny_text_encoder, write_tokenizer
 
@@ -232,7 +232,7 @@ def expected_cost(method: str, windows: int, cfg_rows: int) -> tuple[int, int]:
 
 
 def count_panorama(model, method: str, guidance: float | None):
-    from longgen.modalities.image.sd_jobs import engine_model
+    from longgen.modalities.image.jobs import engine_model
 
     H, W, win, stride, steps = 32, 64, 32, 16, 2
     f = model.vae_scale_factor

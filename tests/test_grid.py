@@ -15,7 +15,7 @@ from longgen.cli import build_parser, discover, main
 from longgen.engine import EngineConfig
 from longgen.grid import GridEngine, GridPlan
 from longgen.modalities.glue import builtin_scheduler
-from longgen.modalities.image.sd_jobs import canvas_forwards, canvas_plan
+from longgen.modalities.image.jobs import canvas_forwards, canvas_plan
 from longgen.planner import plan_loop, plan_windows
 from longgen.priors import PriorDenoiser
 from longgen.stitch import tiled_decode
@@ -171,7 +171,7 @@ def test_tiny_sd_2048x1536_from_512px_windows(tiny_sd_path, tmp_path, capsys):  
     """The tiny SD UNet run on 64-latent windows (it is convolutional), 2 steps: the CLI's PNG and
     its UNet forwards counted by a hook; on its own 128-px windows (512 x 384: 4 bands x 5
     windows) the Python API's pixels equal the CLI's."""
-    from longgen.modalities.image.sd_jobs import panorama
+    from longgen.modalities.image.jobs import panorama
 
     calls = []
     handle = torch.nn.modules.module.register_module_forward_pre_hook(

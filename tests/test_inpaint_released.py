@@ -23,9 +23,9 @@ from PIL import Image
 
 from longgen.engine import EngineConfig
 from longgen.modalities.image import inpaint
-from longgen.modalities.image.plugin import released_blend_mask
+from longgen.modalities.image.inpainting import released_blend_mask
 from longgen.modalities.image.sd import load_sd
-from longgen.modalities.image.sd_jobs import inpaint_parts, masked_image
+from longgen.modalities.image.jobs import inpaint_parts, masked_image
 from tests.fixtures.tiny_sd import tiny_sd_path  # noqa: F401  (pytest fixture)
 
 # max-abs differences, ours vs the released alm/inpainting.py (final latent; decoded pixels in

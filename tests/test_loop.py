@@ -22,7 +22,7 @@ from longgen.builtin import image_prior
 from longgen.cli import build_parser, discover, main
 from longgen.engine import Engine, EngineConfig
 from longgen.modalities.glue import builtin_scheduler
-from longgen.modalities.image.sd_jobs import panorama, panorama_plan
+from longgen.modalities.image.jobs import panorama, panorama_plan
 from longgen.planner import plan_loop
 from longgen.priors import PriorDenoiser
 from longgen.run import run_job
@@ -306,7 +306,7 @@ def test_loop_on_the_tiny_sd(tiny_sd_path, tmp_path, capsys):  # noqa: F811
 
 
 def panorama_parts_engine(sd, plan):
-    from longgen.modalities.image.sd_jobs import panorama_parts
+    from longgen.modalities.image.jobs import panorama_parts
 
     # the API's defaults: observed matched, w1 = 2, blend auto = feather at 4 steps
     cfg = EngineConfig(steps=4, guidance_scale=7.5, w1=2.0, observed="matched", blend="feather", seed=0)

@@ -127,7 +127,7 @@ def test_layering():
 
 def _module_graph(root: Path) -> dict[str, set[str]]:
     """Imports (lazy ones inside functions included) between the modules under modalities/, as
-    dotted names relative to it: 'image.plugin' -> {'image.sd_jobs', 'glue', ...}."""
+    dotted names relative to it: 'image.plugin' -> {'image.jobs', 'glue', ...}."""
     mods = {}
     for f in root.rglob("*.py"):
         rel = f.relative_to(root).with_suffix("")
@@ -160,7 +160,7 @@ def test_no_import_cycles_between_modality_modules():
     video / motion take their CLI glue from modalities/glue.py, not from the image plugin."""
     graph = _module_graph(ROOT / "modalities")
     for user in ("video.plugin", "video.jobs", "video.api", "motion.plugin", "motion.jobs", "motion.api"):
-        assert not graph[user] & {"image.plugin", "image.api", "image.sd_jobs"}, (user, graph[user])
+        assert not graph[user] & {"image.plugin", "image.api", "image.jobs"}, (user, graph[user])
     state, stack = {}, []
 
     def visit(n):

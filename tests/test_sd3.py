@@ -14,7 +14,7 @@ import torch
 from longgen.denoiser import CountingDenoiser
 from longgen.engine import Engine, EngineConfig
 from longgen.modalities.image.sd3 import load_sd3
-from longgen.modalities.image.sd_jobs import engine_model, panorama_plan
+from longgen.modalities.image.jobs import engine_model, panorama_plan
 
 from .fixtures_video import write_tokenizer
 from .test_flux import MAX_TOKENS, write_t5_tokenizer

@@ -21,8 +21,8 @@ from longgen.cli import build_parser, discover, main
 from longgen.engine import NoiseField
 from longgen.run import run_job
 from longgen.modalities.image.sd import load_sd
-from longgen.modalities.image.sd_jobs import (
-    DECODE_HALO, inpaint, latent_mask, panorama, sd_inpaint_job, sd_panorama_job, unet_forwards,
+from longgen.modalities.image.jobs import (
+    DECODE_HALO, inpaint, latent_mask, panorama, inpaint_job, panorama_job, unet_forwards,
 )
 from longgen.stitch import StreamingDecoder
 from tests.fixtures.tiny_sd import (  # noqa: F401  (pytest fixtures)
@@ -92,7 +92,7 @@ def test_sd_panorama_sizes_forwards_and_seeded_slice(tiny_sd_path, tmp_path, cap
     assert img.shape == (128, 640, 3)
     # 640 px = 80 latents; 16-latent windows at a 12-latent stride: starts 0,12,...,60 and 64
     assert info["windows"] == 7 and info["window"] == 128 and info["stride"] == 96
-    # claim (sd_jobs docstring): alm, group 1 -> steps * (2 * windows - 1); 2 rows each
+    # claim (jobs docstring): alm, group 1 -> steps * (2 * windows - 1); 2 rows each
     # (guidance 7.5: [uncond, cond] of Y'; [cond(Y), cond(E)] for the observing windows)
     rows = calls.rows["UNet2DConditionModel"]
     assert len(rows) == 3 * (2 * 7 - 1) == 39 == info["forwards"] == unet_forwards("alm", 3, 7, 1)
@@ -173,7 +173,7 @@ def test_interrupted_sd_panorama_resumes_to_the_same_bytes(tiny_sd_path, tmp_pat
 
     args = build_parser(discover()).parse_args(_pano(tiny_sd_path, out, *argv))
     with pytest.raises(Stop):
-        run_job(sd_panorama_job(args), progress=progress)
+        run_job(panorama_job(args), progress=progress)
     assert not out.exists() and len(list((tmp_path / "cut.png.longgen").glob("strip_*.png"))) == 3
     rc, _, err = _run(_pano(tiny_sd_path, out, *argv, "--resume"), capsys)
     assert rc == 0, err
@@ -233,7 +233,7 @@ def test_api_equals_cli_and_callback_chunks(tiny_sd_path, tmp_path, capsys):
 
 def test_streaming_decode_halo_vs_whole(tiny_sd_path):
     """The VAE decoder is not local (mid-block attention, GroupNorm): chunked decoding with a halo
-    approximates the whole decode; measured here on the tiny random VAE (figures in sd_jobs)."""
+    approximates the whole decode; measured here on the tiny random VAE (figures in jobs)."""
     sd = load_sd(tiny_sd_path)
     z = torch.randn(4, 16, 80, generator=torch.Generator().manual_seed(0))  # (C, h, w)
     decode = lambda x: sd.vae_decode(x[None], clamp=False)[0]  # noqa: E731
@@ -307,7 +307,7 @@ def test_inpaint_mask_resized_to_latent_grid_by_nearest(tiny_sd_path, tmp_path):
     parser = build_parser(discover())
     args = parser.parse_args(["inpaint", "--model", str(tiny_sd_path), "--image", str(src_p),
                               "--mask", str(mask_p), "--steps", "2", "--out", str(tmp_path / "o.png")])
-    job = sd_inpaint_job(args)
+    job = inpaint_job(args)
     known = job.engine.given.known  # (4, 12, 16)
     assert known.shape == (4, 12, 16)
     expect = np.array([[mask[8 * i, 8 * j] == 255 for j in range(16)] for i in range(12)])

@@ -33,16 +33,16 @@ def panorama(model: Any = "builtin", prompt: str | list[str] = "", width: int = 
 
     ``model``: ``"builtin"`` (the analytic landscape prior), an SD/SDXL checkpoint path, a
     diffusers pipeline or an :class:`~longgen.modalities.image.sd.SDModel` (for those see
-    :func:`longgen.modalities.image.sd_jobs.panorama` for the keywords). ``latents``: the
+    :func:`longgen.modalities.image.jobs.panorama` for the keywords). ``latents``: the
     initial noise ``(4, H/8, W/8)``.
     """
     check_output_type(output_type)
     if not (isinstance(model, str) and model == "builtin"):
-        from .sd_jobs import panorama as sd_panorama
+        from .jobs import panorama as sd_panorama
 
         return sd_panorama(model, prompt, width, height, latents=latents, output_type=output_type,
                            generator=generator, seed=seed, **options)
-    from .sd_jobs import image_output
+    from .jobs import image_output
 
     prompt = "|".join(prompt) if isinstance(prompt, (list, tuple)) else prompt
     plugin, args = cli_args("panorama", model, _seed({**options, "prompt": prompt, "width": width,
@@ -67,7 +67,7 @@ def inpaint(model: Any = "builtin", image=None, mask=None, prompt: str = "", *,
     """
     check_output_type(output_type)
     if not (isinstance(model, str) and model == "builtin"):
-        from .sd_jobs import inpaint as sd_inpaint
+        from .jobs import inpaint as sd_inpaint
 
         if image is None or mask is None:
             raise ValueError("image and mask are required with a checkpoint model")
@@ -75,7 +75,7 @@ def inpaint(model: Any = "builtin", image=None, mask=None, prompt: str = "", *,
                           return_blended=return_blended, blend_pixels=blend_pixels,
                           generator=generator, seed=seed, **options)
     from .inpainting import blend_with_source, check_blend_pixels
-    from .sd_jobs import image_output
+    from .jobs import image_output
 
     check_blend_pixels(blend_pixels)
     if output_type == "latent" and (return_blended or blend_pixels):

@@ -1,40 +1,17 @@
 """What FLUX and SD3 share: a transformer over the VAE's 16-channel latents, a VAE with a shift
-and a scale, the diffusers pipeline's own prompt encoding, flow-matching schedulers. The image jobs
-read a model through :func:`~.sd_jobs.engine_model` (``denoiser_for``, ``scheduling``,
-``engine_guidance``), ``encode_prompt(prompts, negative, size)``, ``vae_encode`` /
-``vae_decode``, ``vae_scale_factor``, ``pixel_multiple``, ``latent_channels``, ``image_size``,
-``device``, ``dtype`` -- the same names :class:`~.sd.SDModel` has.
+and a scale, the diffusers pipeline's own prompt encoding, flow-matching schedulers -- and with
+them the image contract of :mod:`~longgen.modalities.image.jobs` (``engine_parts``, ``guidance``,
+``encode_prompt``, ``vae_encode`` / ``vae_decode``, ``vae_scale_factor``, ``pixel_multiple``,
+``latent_channels``, ``image_size``, ``decode_halo``, ``device``, ``dtype``), the same names
+:class:`~.sd.SDModel` and :class:`~.builtin.BuiltinImage` have.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
-
-class WindowScheduling:
-    """A pipeline's schedule for windows of ``tokens`` transformer tokens, read by
-    :func:`longgen.schedule.make_schedule` (the checkpoint's scheduler is never changed): the
-    scheduler's own grid, or with ``linear_sigmas`` the sigmas ``linspace(1, 1/N, N)`` that the
-    FLUX pipeline passes; with dynamic shifting, ``mu`` from the token count (a window has a
-    fixed size, so one ``mu`` per run)."""
-
-    flow = True
-    linear_sigmas = False
-
-    def __init__(self, scheduler, tokens: int):
-        self.scheduler, self.tokens = scheduler, int(tokens)
-        self.config = scheduler.config
-
-    def longgen_schedule(self, steps: int, kind: str | None = None):
-        import numpy as np
-
-        from longgen.schedule import flow_mu, make_schedule
-
-        mu = flow_mu(self.config, self.tokens) if getattr(self.config, "use_dynamic_shifting", False) else None
-        sigmas = np.linspace(1.0, 1.0 / steps, steps) if self.linear_sigmas else None
-        return make_schedule(self.scheduler, steps, kind, mu=mu, sigmas=sigmas)
+from longgen.schedule import WindowScheduling
 
 
 class DiTModel:
@@ -79,6 +56,27 @@ class DiTModel:
         return self.pipe.scheduler
 
     scheduling_class = WindowScheduling
+    decode_halo = 8       # latents of context each side of a streamed VAE decode (as SD)
+
+    def guidance(self, given: float | None) -> float:
+        """The run's guidance: ``given``, else the family's default (FLUX.1-dev 3.5, embedded;
+        SD3 7.0; 1 where there is none)."""
+        return (self.default_guidance() or 1.0) if given is None else given
+
+    def engine_parts(self, config, height: int, width: int, control: tuple | None = None):
+        """(denoiser, scheduling, engine config, pixel multiple) of ``height`` x ``width`` px
+        windows: the flow denoiser (the guidance embedded where the model takes it, in the
+        engine's CFG rows where not), the pipeline's schedule for that window size;
+        ``control``: (ControlNet, scale), run by the denoiser."""
+        from dataclasses import replace
+
+        g = config.guidance_scale if getattr(self, "guidance_embedded", False) else None
+        if control is not None:
+            den = self.denoiser_for(g, controlnet=control[0], control_scale=control[1])
+        else:
+            den = self.denoiser_for(g)
+        cfg = replace(config, guidance_scale=self.engine_guidance(config.guidance_scale))
+        return den, self.scheduling(height, width), cfg, self.pixel_multiple
 
     def scheduling(self, height: int, width: int) -> WindowScheduling:
         """The schedule of ``height`` x ``width`` px windows (their token count sets ``mu``)."""
@@ -109,30 +107,3 @@ class DiTModel:
             img = self.vae.decode(z, return_dict=False)[0].float()
             out.append(img.clamp(-1, 1) if clamp else img)
         return torch.cat(out)
-
-
-def pipeline_class(path: Path) -> str | None:
-    """``_class_name`` of a checkpoint directory's model_index.json (None without one)."""
-    from .sd import _read_json
-
-    f = Path(path) / "model_index.json"
-    return _read_json(f).get("_class_name") if f.is_file() else None
-
-
-def load_pipeline(cls_name: str, model, dtype: torch.dtype, device, local_files_only: bool):
-    import diffusers
-
-    from .sd import _dtype_kwargs
-
-    from .sd import _read_json
-
-    absent = {}   # components saved as [null, null] (an SD3 without T5): diffusers wants them named
-    index = Path(model) / "model_index.json"
-    if index.is_file():
-        absent = {k: None for k, v in _read_json(index).items()
-                  if isinstance(v, list) and len(v) == 2 and v[0] is None and v[1] is None}
-    pipe = getattr(diffusers, cls_name).from_pretrained(str(model), local_files_only=local_files_only,
-                                                        **absent, **_dtype_kwargs("diffusers", dtype))
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe

@@ -29,8 +29,10 @@ from typing import Any, Sequence
 import torch
 
 from longgen.denoiser import FlowDenoiser, expand_cond
+from longgen.schedule import WindowScheduling
 
-from .dit import DiTModel, WindowScheduling, load_pipeline
+from ..backends import load_pipeline
+from .dit import DiTModel
 
 FLUX_GUIDANCE = 3.5      # FluxPipeline's default guidance_scale (the embedded value for dev)
 FLUX_MAX_TOKENS = 512    # FluxPipeline's default max_sequence_length
@@ -161,6 +163,13 @@ class FluxModel(DiTModel):
 
     def default_guidance(self) -> float | None:
         return FLUX_GUIDANCE if self.guidance_embedded else None
+
+    def guidance(self, given: float | None) -> float:
+        """As :meth:`DiTModel.guidance`; a value on a schnell-like model (no guidance input, no
+        CFG) is refused with the reason."""
+        if given is not None and not self.guidance_embedded:
+            self.denoiser_for(given)   # raises
+        return super().guidance(given)
 
     def engine_guidance(self, guidance: float) -> float:
         """The engine's classifier-free guidance scale: none (the value is embedded, or absent)."""

@@ -30,8 +30,6 @@ diffusers and transformers are imported inside the functions that need them.
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,9 +37,11 @@ import torch
 
 from longgen.denoiser import check_prediction_type, expand_cond
 
+from ..backends import HUB_ID as _HUB_ID, dtype_kwargs as _dtype_kwargs, read_json as _read_json  # noqa: F401
+
+SD_GUIDANCE = 7.5  # released ALM wide-image and inpainting default (Hleephilip/ALM_public)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 EXPECTED_LAYOUT = (
     "a diffusers checkpoint directory: model_index.json plus the folders unet/, vae/, "
     "text_encoder/, tokenizer/, scheduler/ (and text_encoder_2/, tokenizer_2/ for SDXL)"
@@ -64,16 +64,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") 
     return DTYPES[name]
 
 
-def _dtype_kwargs(library: str, dtype: torch.dtype) -> dict:
-    """The dtype keyword of ``from_pretrained``: torch_dtype (diffusers), dtype (transformers 5)."""
-    if library == "transformers":
-        import transformers
-
-        if int(transformers.__version__.split(".")[0]) >= 5:
-            return {"dtype": dtype}
-    return {"torch_dtype": dtype}
-
-
 def _not_found(model: str, local_files_only: bool) -> str:
     hint = (
         " (local_files_only=True: only the local hub cache was searched; pass "
@@ -84,17 +74,6 @@ def _not_found(model: str, local_files_only: bool) -> str:
         f"that id could be read{hint}. Provide either the path of {EXPECTED_LAYOUT}, "
         "or a hub id such as 'stabilityai/stable-diffusion-2-1-base' that is in the cache."
     )
-
-
-def _read_json(path: Path) -> dict:
-    """A checkpoint's JSON file as a dict; a broken one is a ValueError that names the file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); the checkpoint is damaged or incomplete") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object; the checkpoint is damaged")
-    return data
 
 
 def locate_checkpoint(model: str | Path, local_files_only: bool = True) -> tuple[str, dict]:
@@ -317,6 +296,27 @@ class SDModel:
         return cls(c["unet"], c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"],
                    c.get("text_encoder_2"), c.get("tokenizer_2"),
                    pipe.config.get("force_zeros_for_empty_prompt"))
+
+    # ------------------------------------------------------------------ the image contract
+
+    family = "sd"
+    decode_halo = 8       # latents of context each side of a streamed VAE decode (see image.jobs)
+
+    def guidance(self, given: float | None) -> float:
+        """The run's guidance: ``given``, else 7.5 (the released ALM wide-image and inpainting
+        default), classifier-free in the engine."""
+        return SD_GUIDANCE if given is None else given
+
+    def engine_parts(self, config, height: int, width: int, control: tuple | None = None):
+        """(denoiser, scheduler, engine config, pixel multiple) of a window: the UNet denoiser
+        (with a ControlNet when ``control`` = (ControlNet, scale)), the DDIM scheduler of the
+        checkpoint's config, classifier-free guidance in the engine."""
+        den = self.controlled(*control) if control is not None else self.denoiser
+        return den, self.scheduler, config, self.vae_scale_factor
+
+    @property
+    def pixel_multiple(self) -> int:
+        return self.vae_scale_factor
 
     # ------------------------------------------------------------------ facts
 

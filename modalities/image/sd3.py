@@ -20,7 +20,8 @@ import torch
 
 from longgen.denoiser import FlowDenoiser, expand_cond
 
-from .dit import DiTModel, load_pipeline
+from ..backends import load_pipeline
+from .dit import DiTModel
 
 SD3_GUIDANCE = 7.0      # StableDiffusion3Pipeline's default guidance_scale
 SD3_MAX_TOKENS = 256    # its default max_sequence_length

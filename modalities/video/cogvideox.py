@@ -178,7 +178,7 @@ class CogVideoXModel(CausalVideoModel):
 
 def load_cogvideox(model: str | Path, *, dtype: torch.dtype = torch.float32, device="cpu",
                    local_files_only: bool = True) -> CogVideoXModel:
-    from ..image.dit import load_pipeline
+    from ..backends import load_pipeline
 
     return CogVideoXModel(load_pipeline("CogVideoXPipeline", model, dtype, device, local_files_only),
                           source=str(model))

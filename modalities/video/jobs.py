@@ -32,7 +32,7 @@ from longgen.run import Job
 from longgen.stitch import StreamingDecoder
 
 from ..glue import engine_config, split_prompts
-from .models import NATIVE_FRAMES, VideoModel, load_video_model, resolve_dtype
+from .models import NATIVE_FRAMES, VideoModel, resolve_dtype
 from .writers import check_frames, clip_to_tensor
 from .writers import MP4Writer, read_video
 
@@ -142,32 +142,19 @@ def video_job(args) -> Job:
                      "window": window, "stride": stride, "fps": fps})
 
 
-# diffusers pipelines of video families longgen does not run yet: named in the refusal
-NOT_YET = {"CogVideoXImageToVideoPipeline": "CogVideoX image-to-video",
-           "LTXImageToVideoPipeline": "LTX-Video image-to-video", "LTXConditionPipeline": "LTX-Video conditioning",
-           "HunyuanVideoPipeline": "HunyuanVideo"}
-# diffusers pipelines with a causal video VAE that longgen runs: class -> (kind, loader module, loader)
-CAUSAL = {"WanPipeline": ("wan", ".wan", "load_wan"), "WanImageToVideoPipeline": ("wan", ".wan", "load_wan"),
-          "CogVideoXPipeline": ("cogvideox", ".cogvideox", "load_cogvideox"),
-          "LTXPipeline": ("ltx", ".ltx", "load_ltx")}
-
-
 def load_any(args):
-    """The video model ``--model`` names: a causal-VAE pipeline directory (``model_index.json``
-    names one of :data:`CAUSAL`) or one of the UNet families of :func:`~.models.load_video_model`."""
-    import importlib
-
-    from .wan import pipeline_class
+    """The video model ``--model`` names, through the video backends of
+    :data:`longgen.modalities.backends.BACKENDS`: a pipeline directory whose ``model_index.json``
+    names a Wan, CogVideoX or LTX pipeline, else one of the UNet families of
+    :func:`~.models.load_video_model` (ModelScope, AnimateDiff, LaVie)."""
+    from ..backends import backends, find_backend, pipeline_class
 
     kind = getattr(args, "kind", "auto")
     cls = pipeline_class(args.model)
-    if cls in NOT_YET:
-        raise ValueError(f"{args.model} is a {cls} checkpoint ({NOT_YET[cls]}), which longgen does not run "
-                         f"yet; supported video pipelines: {', '.join(CAUSAL)}, TextToVideoSDPipeline "
-                         "(ModelScope), AnimateDiff, LaVie")
-    kinds = {k for k, _, _ in CAUSAL.values()}
-    if cls in CAUSAL or kind in kinds:
-        want = CAUSAL[cls][0] if cls in CAUSAL else None
+    backend = find_backend("video", args.model, cls=cls)
+    pipelines = {b.name for b in backends("video") if not b.fallback}
+    if backend.name in pipelines or kind in pipelines:
+        want = backend.name if backend.name in pipelines else None
         if kind != "auto" and kind != want:
             raise ValueError(f"--kind {kind} does not fit {args.model}, which has "
                              f"{cls or 'no model_index.json'}; allowed: auto" + (f", {want}" if want else ""))
@@ -175,14 +162,13 @@ def load_any(args):
             if getattr(args, k, None) is not None:
                 raise ValueError(f"--{k.replace('_', '-')} applies to UNet video checkpoints, not to {cls}")
         torch_dtype, dev = resolve_dtype(args.dtype, args.device)
-        _, module, fn = CAUSAL[cls]
-        return getattr(importlib.import_module(module, __package__), fn)(args.model, dtype=torch_dtype, device=dev)
+        return backend.load(args.model, dtype=torch_dtype, device=dev)
     if getattr(args, "image", None) is not None:
         raise ValueError("--image needs an image-to-video checkpoint (WanImageToVideoPipeline); "
                          f"{args.model} is a UNet text-to-video model")
-    return load_video_model(args.model, kind=kind, dtype=args.dtype, device=args.device,
-                            motion_adapter=_opt_str(args, "motion_adapter"), sd_path=_opt_str(args, "sd_path"),
-                            ckpt=_opt_str(args, "ckpt"))
+    return backend.load(args.model, kind=kind, dtype=args.dtype, device=args.device,
+                        motion_adapter=_opt_str(args, "motion_adapter"), sd_path=_opt_str(args, "sd_path"),
+                        ckpt=_opt_str(args, "ckpt"))
 
 
 def _opt_str(args, name: str) -> str | None:

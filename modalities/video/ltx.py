@@ -13,7 +13,7 @@ Conventions follow diffusers 0.42 ``pipelines/ltx/pipeline_ltx.py`` (facts in
   ``(8 / frame_rate, 32, 32)`` at the pipeline's frame rate 25; every window is given its own
   grid, so RoPE positions are window-local.
 * Schedule: the pipeline passes sigmas ``linspace(1, 1/N, N)`` and ``mu`` from the window's token
-  count (dynamic shifting), as FLUX does (:class:`~longgen.modalities.image.dit.WindowScheduling`).
+  count (dynamic shifting), as FLUX does (:class:`~longgen.schedule.WindowScheduling`).
 * Classifier-free guidance 3.0 with negative prompt "" (the pipeline's defaults; its
   ``guidance_rescale`` 0 is the only value taken).
 
@@ -85,7 +85,7 @@ class LTXScheduling:
     flow = True
 
     def __init__(self, scheduler, velocity: LTXVelocity, tokens: int):
-        from ..image.dit import WindowScheduling
+        from longgen.schedule import WindowScheduling
 
         self.inner = WindowScheduling(scheduler, tokens)
         self.inner.linear_sigmas = True
@@ -211,7 +211,7 @@ class LTXModel(CausalVideoModel):
 
 def load_ltx(model: str | Path, *, dtype: torch.dtype = torch.float32, device="cpu",
              local_files_only: bool = True) -> LTXModel:
-    from ..image.dit import load_pipeline
+    from ..backends import load_pipeline
 
     return LTXModel(load_pipeline("LTXPipeline", model, dtype, device, local_files_only), source=str(model))
 

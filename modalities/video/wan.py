@@ -320,20 +320,13 @@ class WanModel(CausalVideoModel):
         return CausalStreamingDecoder(self.decode_step, axis=-3, replay=self.replay_frames())
 
 
-def pipeline_class(path: str | Path) -> str | None:
-    from ..image.dit import pipeline_class as _cls
-
-    p = Path(path).expanduser()
-    return _cls(p) if p.is_dir() else None
-
-
 def load_wan(model: str | Path, *, dtype: torch.dtype = torch.float32, device="cpu",
              local_files_only: bool = True) -> WanModel:
     """Load a ``WanPipeline`` or ``WanImageToVideoPipeline`` checkpoint directory (or a cached hub
     id, read as ``WanPipeline``)."""
-    from ..image.dit import load_pipeline
+    from ..backends import load_pipeline, pipeline_class
 
-    cls = pipeline_class(model) or "WanPipeline"
+    cls = pipeline_class(model, local_files_only) or "WanPipeline"
     if cls not in PIPELINES:
         raise ValueError(f"{model} is a {cls} checkpoint; allowed: {', '.join(PIPELINES)}")
     return WanModel(load_pipeline(cls, model, dtype, device, local_files_only), source=str(model))

@@ -1,9 +1,19 @@
-"""Panoramas and inpainting with real Stable Diffusion checkpoints (SD 1.x, 2.x, XL).
+"""The image job path: panoramas and inpainting for every image backend (the builtin prior,
+SD 1.x/2.x/XL, FLUX.1, SD3.x; :data:`longgen.modalities.backends.BACKENDS`).
 
-Used by ``longgen panorama --model PATH|HUB_ID`` / ``longgen inpaint --model ...`` (through
-:func:`sd_panorama_job` / :func:`sd_inpaint_job`) and from Python through :func:`panorama` and
-:func:`inpaint`, which take an :class:`~longgen.modalities.image.sd.SDModel`, a diffusers pipeline or a
-checkpoint path, in the manner of a diffusers pipeline call.
+Used by ``longgen panorama`` / ``longgen inpaint`` (through :func:`panorama_job` /
+:func:`inpaint_job`) and from Python through :func:`panorama` and :func:`inpaint`, which take a
+model (``"builtin"``, an :class:`~longgen.modalities.image.sd.SDModel` or another backend's model,
+a diffusers pipeline, or a checkpoint path), in the manner of a diffusers pipeline call.
+
+The contract every backend's model keeps: ``encode_prompt(prompts, negative, size) -> (cond,
+uncond)``; ``engine_parts(config, height, width, control) -> (denoiser, scheduler, config, pixel
+multiple)`` for windows of that size; ``guidance(given)`` (the family's default; builtin:
+``guidance(given, prompts)``); ``vae_encode`` / ``vae_decode`` (images in [-1, 1] <-> latents);
+``vae_scale_factor``, ``pixel_multiple``, ``latent_channels``, ``image_size`` (the native
+window), ``decode_halo``, ``device``, ``dtype``; optionally ``window_extras(start)`` (condition
+entries of a window, FLUX's canvas positions), ``window_decoder(grid)``, ``control_input`` and
+``scheduler``.
 
 Panorama: windows of the model's native size (``SDModel.image_size``: 512 px for SD 1.5 / 2.1-base,
 1024 px for SDXL) along the width, at 3/4 of that stride by default (released ALM wide-image code,
@@ -64,7 +74,6 @@ prompt, ...)`` take ``latents=`` (the initial noise of the whole output in the V
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import math
 from pathlib import Path
@@ -80,124 +89,71 @@ from longgen.run import Job
 from longgen.stitch import StreamingDecoder, tiled_decode
 
 from ..glue import _seed_of, check_output_type, engine_config, resolve_blend
-from .sd import SDModel, load_sd, resolve_dtype
+from .sd import SDModel, resolve_dtype
 
 DECODE_HALO = 8  # latents of context each side of a decoded chunk (64 px for SD)
-SD_GUIDANCE = 7.5  # released ALM wide-image and inpainting default
 
 
 # --------------------------------------------------------------------------- model
 
 
-TRANSFORMER_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline")   # transformer families here
-
-
-def is_flux(model: Any) -> bool:
-    return getattr(model, "family", None) == "flux"
-
-
-def is_dit(model: Any) -> bool:
-    """A flow-matching transformer model (:class:`~.dit.DiTModel`: FLUX, SD3)."""
-    return getattr(model, "family", None) in ("flux", "sd3")
-
-
-def _load_dit(cls_name: str, path, **kw):
-    if cls_name == "FluxPipeline":
-        from .flux import load_flux
-
-        return load_flux(path, **kw)
-    from .sd3 import load_sd3
-
-    return load_sd3(path, **kw)
-
-
 def load_model(model: str | Path, *, dtype: str = "fp32", device: str = "cpu",
                local_files_only: bool = True, vae: Any = None, lora: Any = ()):
-    """An :class:`SDModel`, :class:`~.flux.FluxModel` or :class:`~.sd3.SD3Model`, whichever the
-    checkpoint's model_index.json names (a directory without one, or a hub id, is read as SD).
-    ``lora``: ``FILE[:SCALE]`` strings or (path, scale) pairs, loaded with diffusers' LoRA loaders
-    (:func:`~.adapters.apply_loras`)."""
+    """The model of whichever image backend the checkpoint's model_index.json names (a
+    directory without one, or a hub id not in the cache, is read as SD); ``"builtin"`` is the
+    builtin prior. ``lora``: ``FILE[:SCALE]`` strings or (path, scale) pairs, loaded with
+    diffusers' LoRA loaders (:func:`~.adapters.apply_loras`)."""
+    from ..backends import backend_named, find_backend
     from .adapters import apply_loras, check_lora_files, parse_lora
 
+    if isinstance(model, str) and model == "builtin":
+        return backend_named("image", "builtin").load(model, dtype=dtype, device=device)
     specs = [parse_lora(s) if isinstance(s, str) else s for s in (lora or ())]  # checked before loading
     if specs and isinstance(model, (str, Path)):
         check_lora_files(specs, model)
-    return apply_loras(_load_model(model, dtype=dtype, device=device,
-                                   local_files_only=local_files_only, vae=vae), specs)
-
-
-def _load_model(model, *, dtype, device, local_files_only, vae):
-    from .dit import pipeline_class
-
-    path = Path(model).expanduser()
-    if path.is_dir() and (path / "model_index.json").is_file():
-        cls_name = pipeline_class(path)
-        if cls_name in TRANSFORMER_PIPELINES:
-            if vae is not None:
-                raise ValueError(f"--vae replaces an SD VAE; {cls_name} checkpoints use their own 16-channel VAE")
-            return _load_dit(cls_name, path, dtype=resolve_dtype(dtype, device), device=device,
-                             local_files_only=local_files_only)
-        index = _read_index(path)
-        if "unet" not in index and "transformer" in index:
-            raise ValueError(f"{path / 'model_index.json'} names {index.get('_class_name')!r}, a transformer "
-                             f"model longgen has no backend for; supported: StableDiffusionPipeline, "
-                             f"StableDiffusionXLPipeline, {', '.join(TRANSFORMER_PIPELINES)}")
-    return load_sd(model, dtype=dtype, device=device, local_files_only=local_files_only, vae=vae)
-
-
-def _read_index(path: Path) -> dict:
-    from .sd import _read_json
-
-    return _read_json(path / "model_index.json")
+    backend = find_backend("image", model, local_files_only)
+    if backend.name == "sd":
+        m = backend.load(model, dtype=dtype, device=device, local_files_only=local_files_only, vae=vae)
+    else:
+        if vae is not None:
+            raise ValueError(f"--vae replaces an SD VAE; {backend.name} checkpoints use their own 16-channel VAE")
+        m = backend.load(Path(model).expanduser() if Path(model).expanduser().exists() else model,
+                         dtype=resolve_dtype(dtype, device), device=device, local_files_only=local_files_only)
+    return apply_loras(m, specs)
 
 
 def engine_model(sd: Any, config: EngineConfig, height: int, width: int, control: tuple | None = None):
-    """(denoiser, scheduler, engine config, pixel multiple) of a model for windows of
-    ``height`` x ``width`` px. SD: its UNet denoiser and DDIM scheduler, classifier-free guidance
-    in the engine. FLUX: the flow denoiser with ``config.guidance_scale`` as the embedded value
-    (dev; None for schnell), the pipeline's schedule for that window size, no CFG rows. SD3: the
-    flow denoiser, its scheduler's grid, classifier-free guidance in the engine. ``control``:
-    (ControlNet, scale) -- the denoiser runs it (SD 1.x/2.x, SDXL, FLUX)."""
-    cn, scale = control if control is not None else (None, 1.0)
-    if is_dit(sd):
-        g = config.guidance_scale if getattr(sd, "guidance_embedded", False) else None
-        den = sd.denoiser_for(g, controlnet=cn, control_scale=scale) if cn is not None else sd.denoiser_for(g)
-        cfg = replace(config, guidance_scale=sd.engine_guidance(config.guidance_scale))
-        return den, sd.scheduling(height, width), cfg, sd.pixel_multiple
-    den = sd.controlled(cn, scale) if cn is not None else sd.denoiser
-    return den, sd.scheduler, config, sd.vae_scale_factor
+    """(denoiser, scheduler, engine config, pixel multiple) of ``height`` x ``width`` px windows:
+    the model's own :meth:`engine_parts` (SD: its UNet and DDIM scheduler, CFG in the engine;
+    FLUX: the guidance embedded, no CFG rows; SD3: CFG in the engine; builtin: the exact prior).
+    ``control``: (ControlNet, scale)."""
+    return sd.engine_parts(config, height, width, control)
 
 
-def default_guidance(sd: Any, given: float | None) -> float:
-    """The run's guidance: the user's value, else the family's default (SD 7.5 as released;
-    FLUX.1-dev 3.5, embedded; SD3 7.0). A schnell-like FLUX takes none: a given value is refused."""
-    if is_flux(sd) and given is not None and not sd.guidance_embedded:
-        sd.denoiser_for(given)   # raises with the reason
-    if is_dit(sd):
-        return (sd.default_guidance() or 1.0) if given is None else given
-    return SD_GUIDANCE if given is None else given
+def as_image_model(model: Any, *, dtype: str = "fp32", device: str = "cpu",
+                   local_files_only: bool = True, vae: Any = None):
+    """A backend's model from such a model, a diffusers pipeline a backend wraps, ``"builtin"``
+    or a checkpoint path / hub id."""
+    from ..backends import backend_of
 
-
-def as_sd_model(model: Any, *, dtype: str = "fp32", device: str = "cpu",
-                local_files_only: bool = True, vae: Any = None) -> SDModel:
-    """An :class:`SDModel` (or a :class:`~.flux.FluxModel`) from such a model, a diffusers
-    SD/SDXL/FLUX pipeline, or a path / hub id."""
-    if isinstance(model, SDModel) or is_dit(model):
+    if hasattr(model, "engine_parts"):
         return model
-    if type(model).__name__ == "FluxPipeline":
-        from .flux import FluxModel
-
-        return FluxModel(model)
-    if type(model).__name__ == "StableDiffusion3Pipeline":
-        from .sd3 import SD3Model
-
-        return SD3Model(model)
-    if hasattr(model, "components") and "unet" in getattr(model, "components", {}):
-        return SDModel.from_pipeline(model)
     if isinstance(model, (str, Path)):
         return load_model(model, dtype=dtype, device=device, local_files_only=local_files_only, vae=vae)
-    raise ValueError(f"model must be an SDModel, a diffusers pipeline, a checkpoint path or a hub "
-                     f"id; got {type(model).__name__}")
+    backend = backend_of("image", model)
+    if backend is not None:
+        return backend.wrap(model)
+    if hasattr(model, "components") and "unet" in getattr(model, "components", {}):
+        return SDModel.from_pipeline(model)
+    raise ValueError(f"model must be 'builtin', a longgen image model, a diffusers pipeline, a "
+                     f"checkpoint path or a hub id; got {type(model).__name__}")
+
+
+def run_guidance(sd: Any, given: float | None, prompts) -> float:
+    """The run's guidance: the user's value, else the family's default (builtin: by the prompts)."""
+    if getattr(sd, "family", None) == "builtin":
+        return sd.guidance(given, prompts)
+    return sd.guidance(given)
 
 
 def unet_forwards(method: str, steps: int, windows: int, group: int = 1) -> int:
@@ -341,9 +297,9 @@ def canvas_writer(out, plan: Plan | GridPlan, halo: int, f: int):
     return PNGStripWriter(out, roll=loop_roll(plan, halo, f))
 
 
-def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, config: EngineConfig,
+def panorama_parts(sd: Any, prompts: list[str], width: int, height: int, config: EngineConfig,
                    *, window: int | None = None, stride: int | None = None,
-                   negative_prompt: str | None = None, halo: int = DECODE_HALO,
+                   negative_prompt: str | None = None, halo: int | None = None,
                    device: str | torch.device | None = None,
                    latents: torch.Tensor | None = None,
                    loop: bool = False, control: tuple | None = None) -> tuple[Engine, StreamingDecoder]:
@@ -351,7 +307,8 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
     or one per column); ``latents`` (C, height/8, width/8): the initial noise, given; ``loop``:
     360 degrees; ``control``: (ControlNetModel, control image (1, 3, height, width) in [0, 1],
     scale) -- each window's condition gets its crop of the image. A canvas taller than the
-    window is a 2-D grid (:func:`canvas_plan`)."""
+    window is a 2-D grid (:func:`canvas_plan`). ``halo``: latents each side of a streamed decode
+    (default: the model's ``decode_halo``)."""
     f = sd.vae_scale_factor
     window = sd.image_size if window is None else window
     win_h = min(height, window)
@@ -388,9 +345,18 @@ def panorama_parts(sd: SDModel, prompts: list[str], width: int, height: int, con
             return c, (None if uncond0 is None else {**as_dict(uncond0), **more})
         return c, uncond0
     engine = canvas_engine(den, sched, plan, sd.latent_channels, h, config, window_cond,
-                           device=device if device is not None else sd.device, latents=latents)
-    decoder = canvas_decoder(lambda z: sd.vae_decode(z[None])[0], plan, halo, f)
+                           dtype=engine_dtype(sd), device=device if device is not None else sd.device,
+                           latents=latents)
+    grid = isinstance(plan, GridPlan)
+    decode_one = sd.window_decoder(grid) if hasattr(sd, "window_decoder") else (lambda z: sd.vae_decode(z[None])[0])
+    decoder = canvas_decoder(decode_one, plan, sd.decode_halo if halo is None else halo, f)
     return engine, decoder
+
+
+def engine_dtype(sd: Any) -> torch.dtype:
+    """The engine's state dtype: float32 over a network (whatever its weights' dtype), the
+    builtin prior's own (fp32 or fp64)."""
+    return sd.dtype if getattr(sd, "family", None) == "builtin" else torch.float32
 
 
 def image_output(img: torch.Tensor, output_type: str):
@@ -410,7 +376,7 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
              guidance_scale: float | None = None, group: int = 1, negative_prompt: str | None = None,
              window: int | None = None, stride: int | None = None, observed: str = "matched",
              blend: str = "auto", generator: torch.Generator | None = None,
-             seed: int | None = None, halo: int = DECODE_HALO,
+             seed: int | None = None, halo: int | None = None,
              callback: Callable[[int, torch.Tensor], None] | None = None,
              latents: torch.Tensor | None = None, output_type: str = "pil", loop: bool = False,
              controlnet: Any = None, control_image: Any = None,
@@ -418,8 +384,8 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
     """A ``width`` x ``height`` panorama as a ``PIL.Image`` (``output_type="pil"``), a float32
     ``(H, W, 3)`` array in [0, 1] (``"np"``) or the final latent ``(C, H/8, W/8)`` (``"latent"``).
 
-    ``model``: an :class:`SDModel`, a ``StableDiffusion(XL)Pipeline`` or a checkpoint path.
-    ``prompt``: one string (``a|b|c`` = one per window) or a list with one per window.
+    ``model``: ``"builtin"``, a backend's model (:class:`SDModel`, ...), a diffusers pipeline a
+    backend wraps or a checkpoint path. ``prompt``: one string (``a|b|c`` = one per window) or a list with one per window.
     ``generator`` / ``seed``: the run's seed (a generator contributes its ``initial_seed()``).
     ``callback(window_index, latent_chunk)`` is called for every finished latent chunk
     ``(C, h, n)``, with the index of the last window it waited for. The same arguments give the
@@ -432,14 +398,14 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
     on its own crop of it, scaled by ``controlnet_conditioning_scale``.
     """
     check_output_type(output_type)
-    sd = as_sd_model(model)
-    cfg = EngineConfig(method=method, w1=w1, w2=w2, steps=steps, group=group, observed=observed,
-                       guidance_scale=default_guidance(sd, guidance_scale),
-                       blend=resolve_blend(blend, observed, steps), seed=_seed_of(seed, generator))
+    sd = as_image_model(model)
     if isinstance(prompt, str):
         prompts = [p.strip() for p in prompt.split("|")]
     else:
         prompts = list(prompt)
+    cfg = EngineConfig(method=method, w1=w1, w2=w2, steps=steps, group=group, observed=observed,
+                       guidance_scale=run_guidance(sd, guidance_scale, prompts),
+                       blend=resolve_blend(blend, observed, steps), seed=_seed_of(seed, generator))
     control = None
     if (controlnet is None) != (control_image is None):
         raise ValueError("controlnet and control_image go together; give both or neither")
@@ -476,7 +442,10 @@ def panorama(model: Any, prompt: str | list[str], width: int = 2048, height: int
 
 
 def _load_for(args):
-    resolve_dtype(args.dtype, args.device)  # fp16 on a CPU fails before any loading
+    if args.model == "builtin":
+        refuse_checkpoint_options(args)
+    else:
+        resolve_dtype(args.dtype, args.device)  # fp16 on a CPU fails before any loading
     return load_model(args.model, dtype=args.dtype, device=args.device,
                       local_files_only=getattr(args, "local_files_only", True),
                       vae=getattr(args, "vae", None), lora=getattr(args, "lora", None) or ())
@@ -494,6 +463,14 @@ def checkpoint_request(args) -> dict:
     if getattr(args, "control", None):
         req["control_sha256"] = file_digests([args.control])
     return req
+
+
+def refuse_checkpoint_options(args) -> None:
+    """The builtin prior has no weights to adapt: checkpoint-only options are refused by name."""
+    for opt in ("lora", "controlnet", "control", "vae"):
+        if getattr(args, opt, None):
+            raise ValueError(f"--{opt} needs a checkpoint model (--model DIR); the builtin prior has "
+                             "no UNet, transformer or VAE to adapt")
 
 
 def _check_window_args(args) -> None:
@@ -531,8 +508,10 @@ def _check_control_args(args) -> None:
         raise ValueError(f"--control-scale must be a finite number, got {args.control_scale}")
 
 
-def sd_panorama_job(args) -> Job:
-    """The :class:`~longgen.run.Job` of ``longgen panorama --model <checkpoint>``."""
+def panorama_job(args) -> Job:
+    """The :class:`~longgen.run.Job` of ``longgen panorama``, for every image backend."""
+    if args.model == "builtin":
+        refuse_checkpoint_options(args)
     _check_window_args(args)
     _check_control_args(args)
     sd = _load_for(args)
@@ -544,18 +523,18 @@ def sd_panorama_job(args) -> Job:
                    control_tensor(args.control, args.width, args.height, sd.vae_scale_factor),
                    args.control_scale)
     window = args.window or sd.image_size
-    multiple = sd.pixel_multiple if is_dit(sd) else sd.vae_scale_factor
+    multiple = sd.pixel_multiple
     stride = args.stride or default_stride(window, multiple)
     if args.stride is None and stride <= 0:
         raise ValueError(f"--window {window} is too small for a 3/4 stride; give --stride")
     loop = getattr(args, "loop", False)
     plan = canvas_plan(args.width, args.height, window, stride, sd.vae_scale_factor, multiple, loop=loop)
     prompts = expand_prompts([p.strip() for p in args.prompt.split("|")], plan)
-    guidance = default_guidance(sd, args.guidance)
+    guidance = run_guidance(sd, args.guidance, prompts)
     engine, decoder = panorama_parts(
         sd, prompts, args.width, args.height, engine_config(args, guidance), window=window,
         stride=stride, negative_prompt=args.negative_prompt,
-        halo=getattr(args, "decode_halo", DECODE_HALO), device=args.device, loop=loop, control=control)
+        halo=getattr(args, "decode_halo", None), device=args.device, loop=loop, control=control)
     info = {"width": args.width, "height": args.height, "window": window, "stride": stride,
             "unet_forwards": canvas_forwards(args.method, args.steps, plan, args.group)}
     writer = canvas_writer(args.out, plan, decoder.halo, decoder.scale)
@@ -584,12 +563,15 @@ def masked_image(source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool().expand_as(source), torch.full_like(source, -1.0), source)
 
 
-def inpaint_parts(sd: SDModel, source: torch.Tensor, mask: torch.Tensor, prompt: str,
+def inpaint_parts(sd: Any, source: torch.Tensor, mask: torch.Tensor, prompt: str,
                   config: EngineConfig, *, negative_prompt: str | None = None,
                   device: str | torch.device | None = None,
-                  latents: torch.Tensor | None = None) -> tuple[Engine, StreamingDecoder]:
+                  latents: torch.Tensor | None = None,
+                  known_latent: torch.Tensor | None = None) -> tuple[Engine, StreamingDecoder]:
     """Engine and decoder filling ``mask`` (1, H, W) of ``source`` (3, H, W) in [-1, 1];
-    ``latents`` (C, H/8, W/8): the initial noise, given."""
+    ``latents`` (C, H/8, W/8): the initial noise, given. ``known_latent`` (C, H/8, W/8): the
+    given content's latent when it is known exactly (the builtin demo: its prior sample, the
+    hole zero) instead of the VAE encoding of the masked source."""
     f = sd.vae_scale_factor
     H, W = source.shape[-2:]
     den, sched, config, multiple = engine_model(sd, config, H, W)
@@ -600,7 +582,10 @@ def inpaint_parts(sd: SDModel, source: torch.Tensor, mask: torch.Tensor, prompt:
                          "they must match")
     if not torch.all((mask == 0) | (mask == 1)):
         raise ValueError("mask must be binary (0 = keep, 1 = generate)")
-    latent = sd.vae_encode(masked_image(source, mask)[None])[0]  # as released: (C, h, w)
+    if known_latent is None:
+        latent = sd.vae_encode(masked_image(source, mask)[None])[0]  # as released: (C, h, w)
+    else:
+        latent = known_latent
     lmask = latent_mask(mask, f).to(latent.dtype)  # (1, h, w)
     h, w = latent.shape[-2:]
     plan = plan_windows(w, w, max(1, w - 1)) if w > 1 else plan_windows(1, 1, 1)  # one window
@@ -608,10 +593,12 @@ def inpaint_parts(sd: SDModel, source: torch.Tensor, mask: torch.Tensor, prompt:
     # the FULL latent of the masked image is inverted (hole included), as released
     given = Given(values=latent, known=(1 - lmask).expand_as(latent).contiguous(), keep_unknown=True)
     engine = Engine(den, sched, plan, tuple(latent.shape), -1, config, cond=cond,
-                    uncond=uncond, given=given, dtype=torch.float32,
+                    uncond=uncond, given=given, dtype=engine_dtype(sd),
                     device=device if device is not None else sd.device, latents=latents)
-    # one chunk: a halo as wide as the image makes it a single whole-image VAE call
-    decoder = StreamingDecoder(lambda z: sd.vae_decode(z[None])[0], axis=-1, halo=w, scale=f)
+    # a VAE: one chunk (a halo as wide as the image makes it a single whole-image call, its
+    # GroupNorms see the whole image); a decoder that streams exactly (builtin) streams
+    halo = sd.decode_halo if getattr(sd, "exact_stream", False) else w
+    decoder = StreamingDecoder(lambda z: sd.vae_decode(z[None])[0], axis=-1, halo=halo, scale=f)
     return engine, decoder
 
 
@@ -624,7 +611,8 @@ def inpaint(model: Any, image, mask, prompt: str = "", *, steps: int = 50, metho
             output_type: str = "pil", return_blended: bool = False):
     """Fill the white part of ``mask`` in ``image`` (PIL images or paths).
 
-    ``model``: an :class:`SDModel`, a diffusers SD/SDXL pipeline or a checkpoint path.
+    ``model``: a backend's model (:class:`SDModel`, ...), a diffusers pipeline a backend wraps or a
+    checkpoint path (for ``"builtin"`` see :func:`longgen.modalities.image.inpaint`).
     ``latents``: the initial noise ``(C, H/8, W/8)`` (replaces the seeded noise; nothing drawn).
     ``output_type``: ``"pil"`` (a ``PIL.Image``), ``"np"`` (float32 ``(H, W, 3)`` in [0, 1]) or
     ``"latent"`` (the final latent ``(C, H/8, W/8)`` before decoding).
@@ -640,11 +628,11 @@ def inpaint(model: Any, image, mask, prompt: str = "", *, steps: int = 50, metho
         raise ValueError("output_type='latent' returns the latent only; blending needs 'pil' or 'np'")
     if isinstance(blend_pixels, bool) or not isinstance(blend_pixels, int) or blend_pixels < 0:
         raise ValueError(f"blend_pixels must be an integer >= 0, got {blend_pixels!r}")
-    sd = as_sd_model(model)
+    sd = as_image_model(model)
     source = _image_tensor(image)
     msk = _mask_tensor(mask, tuple(source.shape[-2:]))
     cfg = EngineConfig(method=method, w1=w1, w2=w2, steps=steps, given_path=given_path,
-                       guidance_scale=default_guidance(sd, guidance_scale), seed=_seed_of(seed, generator))
+                       guidance_scale=run_guidance(sd, guidance_scale, [prompt]), seed=_seed_of(seed, generator))
     engine, decoder = inpaint_parts(sd, source, msk, prompt, cfg, negative_prompt=negative_prompt,
                                     latents=latents)
     chunks = [c.latent for c in engine]
@@ -690,28 +678,50 @@ def _mask_tensor(mask, size: tuple[int, int]) -> torch.Tensor:
         return load_mask(p, size)
 
 
-def sd_inpaint_job(args) -> Job:
-    """The :class:`~longgen.run.Job` of ``longgen inpaint --model <checkpoint>``."""
+def inpaint_job(args) -> Job:
+    """The :class:`~longgen.run.Job` of ``longgen inpaint``, for every image backend. Without
+    ``--image`` the builtin prior inpaints its demo (:func:`~.builtin.demo_source`) and writes
+    every unmasked pixel of it exactly."""
     from .inpainting import InpaintWriter, check_blend_pixels, load_image, load_mask
 
+    builtin = args.model == "builtin"
+    x0 = None
     if args.image is None:
-        raise ValueError("--image is required with a checkpoint model (--model "
-                         f"{args.model!r}); give the source image PNG")
-    source = load_image(args.image)
+        if not builtin:
+            raise ValueError("--image is required with a checkpoint model (--model "
+                             f"{args.model!r}); give the source image PNG")
+        from .builtin import demo_source
+
+        source, x0 = demo_source(args.seed)
+    else:
+        source = load_image(args.image)
     H, W = source.shape[-2:]
     _check_multiple("image height", H, 8)
     _check_multiple("image width", W, 8)
     if args.mask is None:
-        mask = torch.zeros(1, H, W)  # the centre square, as the builtin path
+        mask = torch.zeros(1, H, W)  # the centre square
         mask[:, H // 4:3 * H // 4, W // 4:3 * W // 4] = 1
     else:
         mask = load_mask(args.mask, (H, W))
     check_blend_pixels(args.blend_pixels)
     sd = _load_for(args)
-    guidance = default_guidance(sd, args.guidance)
+    known = None
+    if builtin:
+        # the demo's hole is zero in latent space (the prior's scale, no colour): the builtin
+        # has no VAE, so "black before the VAE" (as released for SD) has no counterpart, and
+        # the latent of black, far outside the prior, made the filled hole brighter than its
+        # surroundings. A user's image goes through the linear map and its least-squares inverse.
+        if x0 is None:
+            sd.decoder = "linear"
+        else:
+            known = (x0 * (1 - latent_mask(mask, sd.vae_scale_factor))).to(sd.dtype)
+    guidance = run_guidance(sd, args.guidance, [args.prompt])
     engine, decoder = inpaint_parts(sd, source, mask, args.prompt, engine_config(args, guidance),
-                                    negative_prompt=args.negative_prompt, device=args.device)
-    writer = InpaintWriter(Path(args.out), source, mask, args.blend_pixels)
+                                    negative_prompt=args.negative_prompt, device=args.device,
+                                    known_latent=known)
+    # the demo keeps every unmasked pixel of its source exactly; a user's image is written as
+    # decoded (the builtin's linear map cannot reproduce a photograph) and blended beside it
+    writer = InpaintWriter(Path(args.out), source, mask, args.blend_pixels, keep_source=x0 is not None)
     base = 1 if args.method in ("alm-fused", "syncsde", "replace", "ddim", "ddpm") else 2
     inv = args.steps if (args.given_path == "invert" and args.method not in ("ddim", "ddpm")) else 0
     info = {"width": W, "height": H, "unet_forwards": inv + base * args.steps}
