@@ -62,7 +62,8 @@ def add_common(p: argparse.ArgumentParser, defaults: dict) -> None:
     g.add_argument("--live", choices=("batched", "chained"), default=d["live"],
                    help="order inside a group: batched, or chained = the released order (default: %(default)s)")
     g.add_argument("--given-path", choices=("invert", "matched", "noise"), default=d["given_path"],
-                   help="X_t of user-given content: DDIM inversion, the content with the window's own noise estimate (matched), or fresh noise (default: %(default)s)")
+                   help="X_t of user-given content: DDIM inversion, the content with the window's own noise estimate (matched), or fresh noise (default: "
+                        + ("%(default)s)" if d["given_path"] else "the model's: invert for checkpoints, as released; matched builtin)"))
     g.add_argument("--guidance", type=float, default=d["guidance"], help="classifier-free guidance scale")
     g.add_argument("--blend", choices=("auto", "paste", "feather", "average"), default=d["blend"],
                    help="how window overlaps are merged on the canvas; auto = paste with --observed matched "

@@ -78,7 +78,8 @@ def test_builtin_inpaint_output_types_latents_and_blend():
     arr = inpaint("builtin", img, msk, latents=noise, output_type="np", **kw)
     dec = LatentRGB().decode(z[None])[0]
     assert np.abs(arr - _np_of(dec)).max() < 1e-6
-    assert np.array_equal(np.asarray(raw), to_uint8(dec))
+    # streamed (halo 1) against one whole decode: float rounding can move a pixel by one level
+    assert np.abs(np.asarray(raw).astype(int) - to_uint8(dec).astype(int)).max() <= 1
     src, m = np.asarray(img), np.asarray(msk) == 255
     b = np.asarray(blended)
     assert np.array_equal(b[m], np.asarray(raw)[m])           # the hole: generated

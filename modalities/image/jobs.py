@@ -76,6 +76,7 @@ from __future__ import annotations
 
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -553,6 +554,21 @@ def latent_mask(mask: torch.Tensor, f: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(mask[None].float(), size=(h, w), mode="nearest")[0]
 
 
+def reach_mask(mask: torch.Tensor, f: int, reach: int) -> torch.Tensor:
+    """The latents to generate for pixel mask ``mask`` (1, H, W) under a decoder whose pixels read
+    the latents within ``reach`` of their own: those whose every pixel of influence lies in the
+    hole (the 8 x 8 blocks wholly inside it, eroded by ``reach``; the image's edges do not erode).
+    Every unmasked pixel then decodes from given latents only, so pasting the source there
+    leaves no step at the hole's edge."""
+    import torch.nn.functional as F
+
+    inside = (-F.max_pool2d(-mask[None].float(), f, f))        # 1 where a block is all hole
+    if reach > 0:
+        k = 2 * reach + 1
+        inside = -F.max_pool2d(F.pad(-inside, (reach,) * 4, value=-1.0), k, 1)
+    return inside[0]
+
+
 def masked_image(source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """What the VAE sees: ``source`` (3, H, W) in [-1, 1] with the hole (``mask`` = 1) at -1.
 
@@ -570,8 +586,10 @@ def inpaint_parts(sd: Any, source: torch.Tensor, mask: torch.Tensor, prompt: str
                   known_latent: torch.Tensor | None = None) -> tuple[Engine, StreamingDecoder]:
     """Engine and decoder filling ``mask`` (1, H, W) of ``source`` (3, H, W) in [-1, 1];
     ``latents`` (C, H/8, W/8): the initial noise, given. ``known_latent`` (C, H/8, W/8): the
-    given content's latent when it is known exactly (the builtin demo: its prior sample, the
-    hole zero) instead of the VAE encoding of the masked source."""
+    source's latent when it is known exactly (the builtin demo: its prior sample), used (its
+    hole set to zero) instead of the VAE encoding of the masked source. A model with a
+    ``decoder_reach`` (builtin) generates the latents of :func:`reach_mask` and keeps the others
+    exactly (``paste_given``)."""
     f = sd.vae_scale_factor
     H, W = source.shape[-2:]
     den, sched, config, multiple = engine_model(sd, config, H, W)
@@ -586,7 +604,14 @@ def inpaint_parts(sd: Any, source: torch.Tensor, mask: torch.Tensor, prompt: str
         latent = sd.vae_encode(masked_image(source, mask)[None])[0]  # as released: (C, h, w)
     else:
         latent = known_latent
-    lmask = latent_mask(mask, f).to(latent.dtype)  # (1, h, w)
+    reach = getattr(sd, "decoder_reach", None)
+    if reach is None:
+        lmask = latent_mask(mask, f).to(latent.dtype)  # (1, h, w), as released
+    else:
+        lmask = reach_mask(mask, f, reach).to(latent.dtype)
+        config = replace(config, paste_given=True)
+    if known_latent is not None:
+        latent = latent * (1 - lmask)   # the hole's latent is zero, as the masked image's would be
     h, w = latent.shape[-2:]
     plan = plan_windows(w, w, max(1, w - 1)) if w > 1 else plan_windows(1, 1, 1)  # one window
     cond, uncond = sd.encode_prompt(prompt, negative_prompt, size=(H, W))
@@ -698,7 +723,12 @@ def inpaint_job(args) -> Job:
     H, W = source.shape[-2:]
     _check_multiple("image height", H, 8)
     _check_multiple("image width", W, 8)
-    if args.mask is None:
+    if args.mask is None and x0 is not None:
+        # the demo: the centre half of the landscape's width, top to bottom (its decoder draws
+        # ridges from whole latent columns, so a band is a hole it can fill without an edge)
+        mask = torch.zeros(1, H, W)
+        mask[:, :, W // 4:3 * W // 4] = 1
+    elif args.mask is None:
         mask = torch.zeros(1, H, W)  # the centre square
         mask[:, H // 4:3 * H // 4, W // 4:3 * W // 4] = 1
     else:
@@ -714,7 +744,9 @@ def inpaint_job(args) -> Job:
         if x0 is None:
             sd.decoder = "linear"
         else:
-            known = (x0 * (1 - latent_mask(mask, sd.vae_scale_factor))).to(sd.dtype)
+            known = x0.to(sd.dtype)
+    if args.given_path is None:   # the family's: invert as released; builtin: matched
+        args.given_path = getattr(sd, "inpaint_given_path", "invert")
     guidance = run_guidance(sd, args.guidance, [args.prompt])
     engine, decoder = inpaint_parts(sd, source, mask, args.prompt, engine_config(args, guidance),
                                     negative_prompt=args.negative_prompt, device=args.device,

@@ -70,8 +70,9 @@ class Panorama:
 
 class Inpaint:
     name = "inpaint"
-    help = "fill the white part of a mask in an image (ALM with the DDIM inversion of the source)"
-    defaults = dict(w2=0.005, steps=50, given_path="invert")
+    help = ("fill the white part of a mask in an image (ALM; the source DDIM-inverted as released "
+            "for checkpoints, observed as matched by the builtin prior)")
+    defaults = dict(w2=0.005, steps=50, given_path=None)   # None: the model's (image.jobs.inpaint_job)
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--image", type=Path, default=None, help="source image (builtin: a prior sample when omitted)")
