@@ -59,6 +59,7 @@ from longgen.stitch import Canvas
 
 from .api import check_method, check_weights
 from .denoiser import Evaluator, cat_cond, to_eps
+from .impute import IMPUTE_MODES, ImputingEvaluator, KnownImputer
 from .observed import ddim_invert
 from .planner import Plan, Window
 from .samplers import STEPS, alm_chained_step, observed_windows
@@ -84,6 +85,10 @@ class EngineConfig:
     blend: str = "paste"
     seed: int = 0
     paste_given: bool = False           # copy given content into the result exactly (e.g. an init clip)
+    impute: str = "none"                # "spline": the base step's x0 moved onto the observed content
+    impute_stride: int = 10             # ... the finished overlap fitted every this many positions
+    soft_overlap: int = 0               # the mask ramps 0 -> 1 over the overlap's last positions
+                                        # (not where content is given, which stays observed)
 
     def validate(self) -> "EngineConfig":
         check_method(self.method)
@@ -91,11 +96,16 @@ class EngineConfig:
         for name, val, allowed in (("observed", self.observed, OBSERVED_SOURCES),
                                    ("live", self.live, LIVE_ORDERS),
                                    ("given_path", self.given_path, GIVEN_PATHS),
-                                   ("blend", self.blend, BLENDS)):
+                                   ("blend", self.blend, BLENDS),
+                                   ("impute", self.impute, IMPUTE_MODES)):
             if val not in allowed:
                 raise ValueError(f"unknown {name} {val!r}; allowed: {', '.join(allowed)}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        for name in ("impute_stride", "soft_overlap"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
         if not isinstance(self.group, int) or self.group < 0:
             raise ValueError(f"group must be an integer >= 0 (0 = all windows), got {self.group!r}")
         if self.live == "chained" and self.method != "alm":
@@ -384,6 +394,14 @@ class Engine:
             gw = self._given_window(w)
             if gw is not None:
                 given_x0[b], given_known[b] = gw
+        if cfg.soft_overlap > 0:   # the overlap's last positions observed ever less, up to its end
+            for b, w in enumerate(group):
+                r = min(cfg.soft_overlap, w.new_from)
+                if r > 0:
+                    ramp = torch.arange(1, r + 1, dtype=self.dtype, device=self.device) / (r + 1)
+                    shape = [1] * len(self.shape)
+                    shape[ax] = r
+                    mask[b][_sl(ax, w.new_from - r, w.new_from, len(self.shape))] = ramp.reshape(shape)
         mask = mask * (1 - given_known)
         params = [None] * G
         if self.wt is not None:  # each window's own coordinates, fitted to what is known of it
@@ -510,6 +528,23 @@ class Engine:
                 x = torch.where(given_known[b].bool(), gx, x)
             return x
 
+        if cfg.impute != "none" and not plain:   # x0 of the base step moved onto what is observed
+            obs_x0, obs_known = given_x0.clone(), given_known.clone()
+            w0 = group[0]
+            if k0 > 0 and w0.new_from > 0:   # the finished overlap, as knots every impute_stride
+                d = w0.start - self.plan.windows[k0 - 1].start
+                ov = _sl(ax, 0, w0.new_from, len(self.shape))
+                prev_x0 = self._carry(self._slice(self.prev_final, d, d + w0.new_from), d,
+                                      self.prev_params, params[0], 1.0)
+                obs_x0[0][ov] = torch.where(obs_known[0][ov].bool(), obs_x0[0][ov], prev_x0)
+                # back from where the overlap is still fully observed (before the soft ramp); its
+                # position-to-position differences from x0_hat are noise the spline would carry on
+                last = w0.new_from - 1 - min(cfg.soft_overlap, w0.new_from)
+                for p in range(last, -1, -max(1, cfg.impute_stride)):
+                    obs_known[0][_sl(ax, p, p + 1, len(self.shape))] = 1
+            if obs_known.any():
+                ev = ImputingEvaluator(ev, sch, KnownImputer(obs_x0, obs_known, ax))
+
         # initial latents from the position-keyed noise field
         y = sch.initial_state(torch.stack([self._initial_noise(w) for w in group]))
         eps_hat[0] = y  # step 0: the initial latent is the noise
@@ -536,6 +571,8 @@ class Engine:
             if self.on_strip is not None and keep_traj:
                 self.on_strip(i, traj[-1], first_traj[-1] if keep_first else None)
             prev_i = overlap_from_prev(i) if prev_src is not None else None
+            if isinstance(ev, ImputingEvaluator):
+                ev.i = i
             if plain:
                 y = step(ev, sch, i, y, y, mask, act, cfg.w1, cfg.w2, gen)
             elif cfg.live == "chained":

@@ -81,6 +81,10 @@ def check_job(engine, size: int) -> None:
         raise ValueError("each window is moved onto its finished left neighbour (motion's re-centring), so "
                          "no window can start before that neighbour ends; pass --no-recentre to pipeline "
                          "the run, or run it in one process")
+    if getattr(getattr(engine, "cfg", None), "impute", "none") != "none":
+        raise ValueError("--impute spline moves each window's prediction onto its left neighbour's finished "
+                         "overlap, so no window can start before that neighbour ends; pass --impute none "
+                         "to pipeline the run, or run it in one process")
     n = len(engine.plan)
     if n < size:
         fewer = f"use --nproc-per-node {n} or fewer" if n > 1 else "run it in one process"

@@ -214,7 +214,40 @@ def test_600_frames_do_not_drift_fast(tmp_path):
     the overlap onto the keyframes, 600 frames miss by 7.51 m (ratio 3.2): this test fails."""
     e196 = _keyframe_errors(tmp_path, 196, (0,), 30)
     e600 = _keyframe_errors(tmp_path, 600, (0,), 30)
-    assert e600 <= 1.5 * e196, (e196, e600)
+    assert e600 <= 1.5 * e196 + 0.01, (e196, e600)   # + 1 cm: with --impute spline both are ~1e-6 m
+    # issue 10 item 5's 0.18 m (what CondMDI users quote): met, the keyframes are imputed
+    assert e196 < 1e-3 and e600 < 1e-3, (e196, e600)
+
+
+def test_impute_none_gives_back_the_alm_miss(tmp_path):
+    """The same run with --impute none --soft-overlap 0 --w1 2 (the previous defaults) misses its
+    keyframes as before: the imputation, not something else, meets them."""
+    out = tmp_path / "m.npy"
+    assert main(["motion", "--frames", "196", "--out", str(out), "--steps", "30", "--keyframes", "every:10",
+                 "--impute", "none", "--soft-overlap", "0", "--w1", "2", "--no-progress"]) == 0
+    walk = generate_motions(1, 197, seed=1)[0]
+    ref = recover_from_ric_abs(torch.from_numpy(motion_features(walk, dataset=False))).numpy()
+    assert keyframe_error(np.load(out), ref, list(range(0, 196, 10))) > 0.3
+
+
+@pytest.mark.slow
+def test_default_motion_seams():
+    """Issue 15: boundary acceleration ratio at each window's end, 400 frames, 100 steps, builtin
+    prior, seeds 0-2 (measured 1.42, 0.77, 0.89: mean 1.03; the previous defaults 1.76)."""
+    from longgen.cli import build_parser, discover
+    from longgen.modalities.glue import run_in_memory
+    from longgen.modalities.motion.metrics import boundary_acceleration_ratio
+
+    plugins = discover()
+    ratios = []
+    for seed in range(3):
+        args = build_parser(plugins).parse_args(["motion", "--frames", "400", "--out", "unused.npy", "--steps",
+                                                 "100", "--keyframes", "every:10", "--seed", str(seed)])
+        job = plugins["motion"].build_job(args)
+        _, joints = run_in_memory(job.engine, job.decoder, None, "np")
+        j = joints.T.reshape(joints.shape[-1], 22, 3).double().numpy()
+        ratios.append(boundary_acceleration_ratio(j, [w.stop for w in job.engine.plan.windows[:-1]]))
+    assert np.mean(ratios) <= 1.2, ratios
 
 
 @pytest.mark.slow
@@ -227,4 +260,27 @@ def test_600_frame_keyframe_error_within_1p5x_of_196(tmp_path):
     600-frame run grew 0.43, 2.3, 4.7, 8.3, 13.6, 16.4 m (seed 0, 50 steps)."""
     e196 = _keyframe_errors(tmp_path, 196, (0, 1), 100)
     e600 = _keyframe_errors(tmp_path, 600, (0, 1), 100)
-    assert e600 <= 1.5 * e196, (e196, e600)
+    assert e600 <= 1.5 * e196 + 0.01, (e196, e600)   # + 1 cm: with --impute spline both are ~1e-6 m
+
+
+def test_spline_imputation_meets_observed_content_exactly():
+    """EngineConfig(impute='spline'): x0 moved onto the known positions, residual spread by a
+    natural cubic spline (linear residuals are reproduced; constant beyond the ends)."""
+    from longgen.impute import KnownImputer, spline_matrix
+
+    P = spline_matrix((0, 10, 20, 30), 40)
+    assert torch.allclose(P[[0, 10, 20, 30]], torch.eye(4, dtype=torch.float64))
+    lin = torch.tensor([1.0, 3.0, 5.0, 7.0], dtype=torch.float64)
+    assert torch.allclose(P @ lin, (1 + 0.2 * torch.arange(40.0)).clamp(max=7).double())
+    values, known = torch.randn(2, 3, 40), torch.zeros(2, 3, 40)
+    known[..., ::7] = 1
+    out = KnownImputer(values, known, -1)(torch.zeros(2, 3, 40))
+    assert torch.allclose(out[known.bool()], values[known.bool()], atol=1e-6)
+    # the model output is rebuilt from the moved x0 in every parameterisation (inverse of to_x0)
+    from longgen.denoiser import to_x0
+    from longgen.impute import from_x0
+
+    x, o, a = (torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64),
+               torch.tensor(0.37, dtype=torch.float64))
+    for pt in ("epsilon", "sample", "v_prediction", "flow"):
+        assert (from_x0(to_x0(o, x, a, pt), x, a, pt) - o).abs().max() < 1e-12, pt

@@ -124,7 +124,7 @@ def test_condmdi_checkpoint_through_cli_equals_hand_built_engine(tmp_path, tiny_
     out = tmp_path / "m.npy"
     code, info, err = run_cli(["motion", "--model", str(tiny_ckpt), "--input", str(walk_file),
                                "--out", str(out), "--steps", "10", "--prompt", "",
-                               "--w1", "1"], capsys)   # the released weight (the CLI's default is 2)
+                               "--w1", "1", "--impute", "none"], capsys)   # the released setup (CLI defaults: w1 2, spline)
     assert code == 0, err
     assert info["windows"] == 1 and info["guidance"] == 1.0 and info["keyframes"] == 20
     got = np.load(out)
@@ -142,7 +142,7 @@ def test_condmdi_text_prompt_with_guidance(tmp_path, tiny_ckpt, walk_file, capsy
     out = tmp_path / "t.npy"
     code, info, err = run_cli(["motion", "--model", str(tiny_ckpt), "--input", str(walk_file), "--out", str(out),
                                "--steps", "6", "--prompt", "a person walks", "--clip", str(tmp_path / "clip"),
-                               "--w1", "1"], capsys)
+                               "--w1", "1", "--impute", "none"], capsys)
     assert code == 0, err
     assert info["guidance"] == 2.5
     text = encode_text("a person walks", encoder=load_text_encoder(tmp_path / "clip"))
@@ -224,7 +224,7 @@ def inbetween(tmp_path_factory, walk_file):
     out = {}
     for m in ("alm", "syncsde", "replace", "ddpm"):
         assert main(["motion", "--input", str(walk_file), "--out", str(d / f"{m}.npy"), "--steps", "30",
-                     "--method", m, "--keyframes", "every:10", "--no-progress"]) == 0
+                     "--method", m, "--keyframes", "every:10", "--impute", "none", "--no-progress"]) == 0
         out[m] = np.load(d / f"{m}.npy")
     ref = recover_from_ric_abs(torch.from_numpy(motion_features(np.load(walk_file), dataset=False))).numpy()
     return out, ref

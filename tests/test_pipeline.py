@@ -98,7 +98,7 @@ def test_pipelined_loop_is_byte_identical(tmp_path, ranks, width, method):
 @pytest.mark.parametrize("command,argv,ranks", [
     ("video", ["--frames", "64", "--height", "64", "--width", "64", "--steps", "5", "--observed", "trajectory"], 2),
     ("motion", ["--frames", "400", "--steps", "8", "--keyframes", "every:20", "--no-recentre",
-                "--observed", "trajectory"], 3),
+                "--impute", "none", "--observed", "trajectory"], 3),
 ])
 def test_pipelined_video_and_motion_are_byte_identical(tmp_path, command, argv, ranks):
     ext = {"video": "mp4", "motion": "npy"}[command]
@@ -218,6 +218,9 @@ def test_settings_that_cannot_overlap_are_refused():
     eng = Engine.__new__(Engine)
     eng.wt, eng.plan = object(), [0, 1, 2]
     with pytest.raises(ValueError, match="pass --no-recentre"):
+        check_job(eng, 2)
+    eng.wt, eng.cfg = None, SimpleNamespace(impute="spline")
+    with pytest.raises(ValueError, match="pass --impute none"):
         check_job(eng, 2)
 
 

@@ -30,6 +30,9 @@ it commits to a walk the exact posterior does not favour, and even with only the
 in the prior it closes about a quarter of the 0.8 m gap (0.59 m; w1 = 3: 0.48 m). More steps
 (300), w1 = 3, wider root features (x5, x20 in std), 512 walks, walks shifted in gait phase or
 a faster time cutoff (0.02, 0.03) left it at 0.9-2.6 m (2 walks each); most raised skating.
+What the engine does about it (``--impute spline``, the motion default, ``longgen.impute``): the
+guided clean prediction the base step uses is moved onto the keyframes every step, so the last
+step meets them (196 frames: 0.75 m -> 0.0 m), without a forward more.
 
 Sharing the covariance makes the exact epsilon cheap: all components share one eigenbasis, so
 one rotation of ``x`` serves every component (:class:`longgen.priors.SharedBasisGMM`), and K = 128 costs about

@@ -100,7 +100,8 @@ def condmdi_job(args) -> Job:
     sch = make_scheduler(config)
     cfg = EngineConfig(method=args.method, w1=args.w1, w2=args.w2, steps=args.steps, group=args.group,
                        observed=args.observed, live=args.live, given_path=args.given_path,
-                       guidance_scale=guidance, blend=resolve_blend(args.blend, args.observed, args.steps), seed=args.seed)
+                       guidance_scale=guidance, blend=resolve_blend(args.blend, args.observed, args.steps), seed=args.seed,
+                       impute=args.impute, soft_overlap=args.soft_overlap)
     plan = plan_windows(setup.length, window, args.stride_frames or window // 2)
     engine = Engine(CondMDIDenoiser(model, config), sch, plan, (N_FEATURES, window), -1, cfg,
                     cond=cond, uncond=uncond, given=given_of(setup, norm), dtype=torch.float32,
