@@ -65,6 +65,11 @@ the released blend mask, a 21x21 Gaussian of the mask kept at 1 inside the hole
 through a box blur of radius R instead (pixels farther than R from the mask are the source's
 exactly), ``--blend-pixels 0`` writes no blended file.
 
+The builtin prior's decoder reads only the latents next to a pixel's own (``decoder_reach``), so
+there inpainting generates only the latents whose pixels all lie in the hole
+(:func:`reach_mask`) and keeps the others exactly, and the kept part is observed ``matched`` (the
+inversion of the latent with its zeroed hole biased it): the fill joins the kept pixels with no edge.
+
 Python API (diffusers habits): ``panorama(model, prompt, ...)`` and ``inpaint(model, image, mask,
 prompt, ...)`` take ``latents=`` (the initial noise of the whole output in the VAE-latent layout:
 ``(C, H/8, W/8)``; replaces the seeded noise exactly, nothing is drawn for Y_T) and
@@ -73,7 +78,6 @@ prompt, ...)`` take ``latents=`` (the initial noise of the whole output in the V
 """
 
 from __future__ import annotations
-
 
 import math
 from dataclasses import replace
