@@ -232,13 +232,11 @@ def expected_cost(method: str, windows: int, cfg_rows: int) -> tuple[int, int]:
 
 
 def count_panorama(model, method: str, guidance: float | None):
-    from longgen.modalities.image.jobs import engine_model
-
     H, W, win, stride, steps = 32, 64, 32, 16, 2
     f = model.vae_scale_factor
     cond, uncond = model.encode_prompt(["a mountain lake"])
     cfg = EngineConfig(method=method, steps=steps, seed=0, guidance_scale=guidance or 1.0)
-    den, sched, cfg, multiple = engine_model(model, cfg, H, win)
+    den, sched, cfg, multiple = model.engine_parts(cfg, H, win)
     den = CountingDenoiser(den)
     plan = panorama_plan(W, H, win, stride, f, multiple)
     eng = Engine(den, sched, plan, (model.latent_channels, H // f, win // f), -1, cfg,

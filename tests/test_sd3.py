@@ -14,7 +14,7 @@ import torch
 from longgen.denoiser import CountingDenoiser
 from longgen.engine import Engine, EngineConfig
 from longgen.modalities.image.sd3 import load_sd3
-from longgen.modalities.image.jobs import engine_model, panorama_plan
+from longgen.modalities.image.jobs import panorama_plan
 
 from .fixtures_video import write_tokenizer
 from .test_flux import MAX_TOKENS, write_t5_tokenizer
@@ -71,7 +71,7 @@ def test_one_window_equals_sd3_pipeline(sd3):
                    output_type="latent", max_sequence_length=MAX_TOKENS, latents=noise[None].clone()).images[0]
     cond, uncond = sd3.encode_prompt(["a mountain lake"])
     cfg = EngineConfig(method="ddim", steps=steps, seed=0, guidance_scale=7.0)
-    den, sched, cfg, multiple = engine_model(sd3, cfg, H, W)
+    den, sched, cfg, multiple = sd3.engine_parts(cfg, H, W)
     den = CountingDenoiser(den)
     plan = panorama_plan(W, H, W, W // 2, f, multiple)
     eng = Engine(den, sched, plan, (sd3.latent_channels, H // f, W // f), -1, cfg, cond=cond, uncond=uncond,

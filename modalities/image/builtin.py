@@ -91,8 +91,8 @@ class BuiltinImage:
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 4, h, w) -> (B, 3, 8h, 8w), by ``decoder``."""
-        return self.window_decoder()(latents[0])[None] if latents.shape[0] == 1 else \
-            torch.stack([self.window_decoder()(z) for z in latents])
+        decode = self.window_decoder()
+        return torch.stack([decode(z) for z in latents])
 
     def vae_encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> latents, the least-squares inverse of the linear colour

@@ -127,14 +127,6 @@ def load_model(model: str | Path, *, dtype: str = "fp32", device: str = "cpu",
     return apply_loras(m, specs)
 
 
-def engine_model(sd: Any, config: EngineConfig, height: int, width: int, control: tuple | None = None):
-    """(denoiser, scheduler, engine config, pixel multiple) of ``height`` x ``width`` px windows:
-    the model's own :meth:`engine_parts` (SD: its UNet and DDIM scheduler, CFG in the engine;
-    FLUX: the guidance embedded, no CFG rows; SD3: CFG in the engine; builtin: the exact prior).
-    ``control``: (ControlNet, scale)."""
-    return sd.engine_parts(config, height, width, control)
-
-
 def as_image_model(model: Any, *, dtype: str = "fp32", device: str = "cpu",
                    local_files_only: bool = True, vae: Any = None):
     """A backend's model from such a model, a diffusers pipeline a backend wraps, ``"builtin"``
@@ -322,8 +314,8 @@ def panorama_parts(sd: Any, prompts: list[str], width: int, height: int, config:
         if tuple(control_image.shape[-2:]) != (height, width):
             raise ValueError(f"the control image is {tuple(control_image.shape[-2:])} px; the canvas is "
                              f"{(height, width)}")
-    den, sched, config, multiple = engine_model(sd, config, win_h, window,
-                                                None if control is None else (cn, scale))
+    den, sched, config, multiple = sd.engine_parts(config, win_h, window,
+                                                   None if control is None else (cn, scale))
     stride = default_stride(window, multiple) if stride is None else stride
     plan = canvas_plan(width, height, window, stride, f, multiple, loop=loop)
     per_window = expand_prompts(prompts, plan)
@@ -596,7 +588,7 @@ def inpaint_parts(sd: Any, source: torch.Tensor, mask: torch.Tensor, prompt: str
     exactly (``paste_given``)."""
     f = sd.vae_scale_factor
     H, W = source.shape[-2:]
-    den, sched, config, multiple = engine_model(sd, config, H, W)
+    den, sched, config, multiple = sd.engine_parts(config, H, W)
     _check_multiple("image height", H, multiple)
     _check_multiple("image width", W, multiple)
     if mask.shape[-2:] != source.shape[-2:]:
