@@ -62,6 +62,7 @@ BACKENDS: tuple[Backend, ...] = (
             "load_sd", "SDModel.from_pipeline", fallback=True),
     Backend("flux", "image", ("FluxPipeline",), "image.flux", "load_flux", "FluxModel"),
     Backend("sd3", "image", ("StableDiffusion3Pipeline",), "image.sd3", "load_sd3", "SD3Model"),
+    Backend("builtin", "video", (), "video.builtin", "load_builtin"),
     Backend("wan", "video", ("WanPipeline", "WanImageToVideoPipeline"), "video.wan", "load_wan"),
     Backend("cogvideox", "video", ("CogVideoXPipeline",), "video.cogvideox", "load_cogvideox"),
     Backend("ltx", "video", ("LTXPipeline",), "video.ltx", "load_ltx"),
@@ -69,7 +70,8 @@ BACKENDS: tuple[Backend, ...] = (
     # them apart from the UNet config and the options
     Backend("unet-video", "video", ("TextToVideoSDPipeline", "AnimateDiffPipeline"), "video.models",
             "load_video_model", fallback=True),
-    Backend("condmdi", "motion", (), "motion.jobs", "find_checkpoint", fallback=True),
+    Backend("builtin", "motion", (), "motion.builtin", "load_builtin"),
+    Backend("condmdi", "motion", (), "motion.jobs", "load_condmdi_motion", fallback=True),
 )
 
 # pipelines of a modality's field that longgen knows but does not run yet (named in the refusal)

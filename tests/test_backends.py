@@ -83,3 +83,45 @@ def test_a_new_family_is_one_file_and_one_line(tmp_path, monkeypatch):
     out = panorama(d, **kw)
     assert out.shape == ref.shape == (4, 32, 128)
     assert torch.equal(out, ref)
+
+
+def test_every_modality_has_a_builtin_backend_and_one_fallback():
+    for modality in ("image", "video", "motion"):
+        names = [b.name for b in B.backends(modality)]
+        assert "builtin" in names and len(set(names)) == len(names)
+        assert sum(b.fallback for b in B.backends(modality)) == 1
+
+
+def test_a_new_video_family_runs_the_one_video_job_path(tmp_path, monkeypatch):
+    """A toy video family registered beside the others (served by the builtin backend's file)
+    runs ``video_parts`` through the contract alone: the builtin run's latent bit for bit."""
+    from longgen.modalities.video import video
+
+    toy = B.Backend("toy", "video", ("ToyVideoPipeline",), "video.builtin", "load_builtin")
+    monkeypatch.setattr(B, "BACKENDS", B.BACKENDS + (toy,))
+    d = _index(tmp_path, "ToyVideoPipeline")
+    assert B.find_backend("video", d) is toy
+    kw = dict(prompt="night|day", frames=24, height=32, width=48, steps=5, seed=2, output_type="latent")
+    ref = video("builtin", **kw)
+    out = video(d, **kw)
+    assert out.shape == ref.shape == (4, 24, 4, 6)
+    assert torch.equal(out, ref)
+
+
+def test_a_new_motion_family_runs_the_one_motion_job_path(tmp_path, monkeypatch):
+    """The same for motion: a toy family served by the builtin motion backend's file gives the
+    builtin run's joints bit for bit."""
+    import numpy as np
+
+    from longgen.cli import main
+
+    toy = B.Backend("toy", "motion", ("ToyMotionPipeline",), "motion.builtin", "load_builtin")
+    monkeypatch.setattr(B, "BACKENDS", B.BACKENDS + (toy,))
+    d = _index(tmp_path, "ToyMotionPipeline")
+    assert B.find_backend("motion", d) is toy
+    common = ["--frames", "60", "--window-frames", "40", "--steps", "6", "--no-progress"]
+    assert main(["motion", *common, "--out", str(tmp_path / "a.npy")]) == 0
+    assert main(["motion", "--model", d, *common, "--out", str(tmp_path / "b.npy")]) == 0
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert a.shape == b.shape == (60, 22, 3)
+    assert np.array_equal(a, b)

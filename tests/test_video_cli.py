@@ -23,7 +23,7 @@ import fixtures_video as fx  # noqa: E402
 from helpers import kill_after_windows  # noqa: E402
 
 from longgen.cli import main  # noqa: E402
-from longgen.modalities.video.plugin import clip_to_tensor  # noqa: E402
+from longgen.modalities.video.writers import clip_to_tensor  # noqa: E402
 from longgen.modalities.video.writers import MP4Writer, frames_to_uint8, read_video  # noqa: E402
 
 torch.set_grad_enabled(False)

@@ -170,7 +170,7 @@ def test_per_window_prompts_reach_their_windows(ckpts):
     seen through a forward pre-hook on the transformer."""
     from argparse import Namespace
 
-    from longgen.modalities.video.wan import wan_parts
+    from longgen.modalities.video.jobs import video_parts
 
     m = load_wan(ckpts["wan2.1"])
     m.max_sequence_length = MAX_TOKENS
@@ -188,7 +188,7 @@ def test_per_window_prompts_reach_their_windows(ckpts):
                      prompt="|".join(prompts), negative_prompt=None, guidance=None, method="alm", w1=2.0,
                      w2=0.001, steps=2, group=1, observed="matched", live="batched", given_path="matched",
                      blend="auto", seed=0)
-    engine, *_ = wan_parts(m, args)
+    engine, *_ = video_parts(m, args)
     assert len(engine.plan) == 3
     handle = m.transformer.register_forward_pre_hook(hook, with_kwargs=True)
     try:

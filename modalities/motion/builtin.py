@@ -104,3 +104,39 @@ def ddpm_scheduler():
 
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                          prediction_type="sample", clip_sample=False, variance_type="fixed_small")
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+class BuiltinMotion:
+    """The builtin motion prior as a motion model, behind the contract of
+    :func:`longgen.modalities.motion.jobs.motion_job` (shared with :class:`~.jobs.CondMDIMotion`):
+    ``denoiser``, ``scheduler``, ``norm`` (features <-> normalised), ``dataset_features`` (the
+    feature definition of its keyframes: the prior was fitted to the exact one, not HumanML3D's
+    as released), ``conditions(args)`` -> (cond, uncond, guidance), ``info``, ``engine_dtype``,
+    ``device``. Fitted for windows of ``window`` frames (a few seconds)."""
+
+    kind = "builtin"
+    dataset_features = False
+    device = "cpu"
+    info: dict = {}
+
+    def __init__(self, window: int, dtype: torch.dtype):
+        from longgen.priors import PriorDenoiser
+
+        prior, self.norm = builtin_motion_prior(window)
+        self.scheduler = ddpm_scheduler()
+        self.denoiser = PriorDenoiser.for_scheduler(prior, self.scheduler)
+        self.engine_dtype = dtype
+
+    def conditions(self, args):
+        """No text: one unconditional row, guidance 1."""
+        return None, None, 1.0
+
+
+def load_builtin(model: str = "builtin", *, args) -> BuiltinMotion:
+    """The backend's loader: checks ``--dtype`` / ``--device`` (fp32 or fp64 on the CPU)."""
+    from ..glue import check_builtin_dtype
+
+    return BuiltinMotion(args.window_frames, check_builtin_dtype(args))

@@ -3,10 +3,10 @@ features (absolute root, as CondMDI and the released ALM motion code use), windo
 when the motion is longer than the model's 196 frames.
 
 ``--model builtin`` samples the builtin motion prior (:mod:`.builtin`) with CondMDI's diffusion
-(1000-step cosine DDPM, x0 prediction) and the released ALM motion settings (w1 = 1, w2 = 0.005,
+(1000-step cosine DDPM, x0 prediction) and the released ALM motion settings (w2 = 0.005,
 observed frames re-noised with q_sample every step). Without ``--input`` the keyframes are taken
 from a procedural walk, so the run has a reference to measure against. Any other ``--model`` is
-a CondMDI checkpoint (:func:`.jobs.condmdi_job`). On both paths every window is re-centred on its
+a CondMDI checkpoint. Both run the one job path :func:`.jobs.motion_job`; every window is re-centred on its
 own first frame (origin, heading +Z) while it is sampled, and handed the previous window's
 overlap moved rigidly onto its keyframes (:mod:`.recentre`; ``--no-recentre`` keeps absolute
 coordinates). Keyframe parsing and the reference clip live in
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from longgen.cli import request_of
 from longgen.run import Job
 
 # torch and the feature code are imported when a command runs, not for ``longgen --help``;
@@ -84,37 +83,6 @@ class Motion:
         o.add_argument("--smpl-iters", type=int, default=100, help="L-BFGS iterations of the SMPL fit (default: %(default)s)")
 
     def build_job(self, args) -> Job:
-        if args.model != "builtin":
-            from .jobs import condmdi_job
+        from .jobs import motion_job  # torch and the models: only when a command runs
 
-            return condmdi_job(args)
-        from longgen.engine import Engine, EngineConfig
-        from longgen.planner import plan_windows
-        from longgen.priors import PriorDenoiser
-
-        from ..glue import check_builtin_dtype, resolve_blend
-        from .builtin import builtin_motion_prior, ddpm_scheduler
-        from .features import N_FEATURES
-        from .keyframes import given_of, keyframe_setup
-
-        dtype = check_builtin_dtype(args)
-        window = args.window_frames
-        exports = export_options(args)
-        setup = keyframe_setup(args, MODEL_FRAMES, window, dataset_features=False)  # as fitted
-        length, frames = setup.length, setup.frames
-        prior, norm = builtin_motion_prior(window)
-        given = given_of(setup, norm, dtype)
-        plan = plan_windows(length, window, args.stride_frames or window // 2)
-        sch = ddpm_scheduler()
-        den = PriorDenoiser.for_scheduler(prior, sch)
-        cfg = EngineConfig(method=args.method, w1=args.w1, w2=args.w2, steps=args.steps, group=args.group,
-                           observed=args.observed, live=args.live, given_path=args.given_path,
-                           guidance_scale=1.0, blend=resolve_blend(args.blend, args.observed, args.steps), seed=args.seed,
-                           impute=args.impute, soft_overlap=args.soft_overlap)
-        engine = Engine(den, sch, plan, (N_FEATURES, window), -1, cfg, given=given, dtype=dtype,
-                        window_transform=window_transform(args, norm))
-
-        decoder = joints_decoder(norm)
-        info = {"frames": length, "keyframes": len(frames)}
-        writer = NPYWriter(args.out, setup.reference, frames, info, exports)
-        return Job(engine, decoder, writer, request_of(args), Path(args.out), info=info)
+        return motion_job(args)

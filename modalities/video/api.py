@@ -51,9 +51,10 @@ def video(model: Any = "builtin", prompt: str = "", frames: int | None = None, *
     from ..glue import _seed, check_output_type, cli_args, run_in_memory
 
     check_output_type(output_type)
+    from .builtin import BuiltinVideo
     from .models import VideoModel
 
-    loaded = isinstance(model, VideoModel) or getattr(model, "causal", False)
+    loaded = isinstance(model, (VideoModel, BuiltinVideo)) or getattr(model, "causal", False)
     if not (loaded or isinstance(model, (str, Path))):
         raise ValueError(f"model must be 'builtin', a checkpoint path or a loaded video model; got "
                          f"{type(model).__name__}")

@@ -1,6 +1,7 @@
-"""Windows over latent frames for video families with a causal VAE (Wan, CogVideoX, LTX-Video): the job of
-``longgen video`` on such a checkpoint, written once against what the family's model object has
-(:class:`~.wan.WanModel`, :class:`~.cogvideox.CogVideoXModel`).
+"""What the video families with a causal VAE share (Wan, CogVideoX, LTX-Video): windows over
+latent frames. :func:`longgen.modalities.video.jobs.video_parts` runs them with the other video
+families through the contract below (:class:`~.wan.WanModel`, :class:`~.cogvideox.CogVideoXModel`,
+:class:`~.ltx.LTXModel` subclass :class:`CausalVideoModel`).
 
 Rules (each family sets its numbers):
 
@@ -22,7 +23,6 @@ Rules (each family sets its numbers):
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,11 +47,40 @@ class CausalVideoModel:
     def dtype(self) -> torch.dtype:
         return self.transformer.dtype
 
+    engine_dtype = torch.float32
+
     def latent_frames(self, frames: int) -> int:
         return 1 + (frames - 1) // self.temporal_factor
 
-    def default_guidance(self) -> float:
+    @property
+    def max_window(self) -> int:
+        return self.native_frames
+
+    @property
+    def default_frames(self) -> int:
+        """Three windows' worth: the native window and two default strides."""
+        return 1 + self.temporal_factor * (self.latent_frames(self.native_frames) - 1 + 2 * self.default_stride_latent)
+
+    def default_stride(self, window_latent: int) -> int:
+        return min(self.default_stride_latent, max(1, window_latent - 1))
+
+    def default_guidance(self, prompts=()) -> float:
         return self.guidance
+
+    def frame_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """Pixel (H, W): the pipeline's default size unless given, multiples of ``pixel_multiple``."""
+        m = self.pixel_multiple
+        H, W = (height or self.native_size[0]), (width or self.native_size[1])
+        for name, v in (("height", H), ("width", W)):
+            if not isinstance(v, int) or v <= 0 or v % m:
+                raise ValueError(f"--{name} must be a positive multiple of {m} pixels for {self.name} (VAE factor "
+                                 f"{self.vae_scale_factor} x transformer patch), got {v!r}")
+        return H, W
+
+    def window_model(self, shape: tuple[int, ...]):
+        """(denoiser, scheduler) of windows of ``shape`` (C, F, h, w); LTX's schedule depends on it."""
+        sched = self.scheduling(*shape[1:]) if hasattr(self, "scheduling") else self.scheduler
+        return self.denoiser, sched
 
     @torch.no_grad()
     def encode_prompt(self, prompt, negative_prompt=None):
@@ -77,79 +106,4 @@ def check_frame_count(name: str, frames: Any, step: int) -> int:
     return frames
 
 
-def causal_parts(vm, args) -> tuple:
-    """(engine, decoder, window, stride, height, width) of ``longgen video``; window and stride in frames."""
-    from longgen.engine import Engine, Given
-    from longgen.planner import plan_windows
-
-    from ..glue import engine_config, split_prompts
-    from .writers import clip_to_tensor, read_video
-
-    f, step = vm.temporal_factor, vm.frame_step
-    wl_native = vm.latent_frames(vm.native_frames)
-    default = 1 + f * (wl_native - 1 + 2 * vm.default_stride_latent)
-    frames = check_frame_count("frames", args.frames if args.frames is not None else default, step)
-    window = check_frame_count("window-frames", args.window_frames or vm.native_frames, step)
-    if window > vm.native_frames:
-        raise ValueError(f"--window-frames {window} is longer than the model's native window "
-                         f"({vm.native_frames} frames)")
-    wl = vm.latent_frames(window)
-    stride = args.stride_frames if args.stride_frames is not None else \
-        f * min(vm.default_stride_latent, max(1, wl - 1))
-    if not isinstance(stride, int) or stride < f or stride % f:
-        raise ValueError(f"--stride-frames must be a positive multiple of {f} (one latent frame each), got {stride!r}")
-    if stride // f > wl:
-        raise ValueError(f"--stride-frames {stride} is longer than the window ({window} frames)")
-    if frames < window:
-        raise ValueError(f"--frames {frames} is fewer than one window ({window} frames); allowed: >= {window}")
-    m = vm.pixel_multiple
-    H, W = (args.height or vm.native_size[0]), (args.width or vm.native_size[1])
-    for name, v in (("height", H), ("width", W)):
-        if not isinstance(v, int) or v <= 0 or v % m:
-            raise ValueError(f"--{name} must be a positive multiple of {m} pixels for {vm.name} (VAE factor "
-                             f"{vm.vae_scale_factor} x transformer patch), got {v!r}")
-    plan = plan_windows(vm.latent_frames(frames), wl, stride // f)
-    given = None
-    if args.init is not None:
-        clip, _ = read_video(args.init, max_frames=window)
-        if len(clip) < window:
-            raise ValueError(f"--init clip {args.init} has {len(clip)} frames; it needs at least one window "
-                             f"({window} frames)")
-        lat = vm.encode_clip(clip_to_tensor(clip[:window], H, W))
-        given = Given(values=lat, known=torch.ones_like(lat))
-    image = getattr(args, "image", None)
-    i2v = getattr(vm, "i2v", False)
-    if i2v and image is None:
-        raise ValueError(f"{vm.source} is an image-to-video checkpoint ({type(vm.pipe).__name__}): give "
-                         "--image first.png, the video's first frame")
-    if image is not None and not i2v:
-        raise ValueError(f"--image needs an image-to-video checkpoint (WanImageToVideoPipeline); {vm.source} "
-                         f"is text-to-video ({type(vm.pipe).__name__})")
-    extra: list[dict] = [{}, {}]            # what the first window and every later one are given
-    if image is not None:
-        if given is not None:
-            raise ValueError("give --image or --init, not both")
-        from ..image.inpainting import read_picture
-
-        if not Path(image).is_file():
-            raise ValueError(f"--image {image} does not exist")
-        conds = vm.image_conditions(read_picture(Path(image), "image", "RGB"), H, W, window)
-        given = Given(values=conds["image_latent"], known=torch.ones_like(conds["image_latent"]))
-        embeds = {"image_embeds": conds["image_embeds"]} if "image_embeds" in conds else {}
-        extra = [{"condition": conds["first"], **embeds}, {"condition": conds["later"], **embeds}]
-    prompts = split_prompts(args.prompt, len(plan))
-    text = {p: vm.encode_prompt(p, args.negative_prompt or "") for p in dict.fromkeys(prompts)}
-    pairs = [tuple({**c, **extra[min(k, 1)]} for c in text[p]) for k, p in enumerate(prompts)]
-    guidance = args.guidance if args.guidance is not None else vm.default_guidance()
-    cfg = engine_config(args, guidance)
-    cfg.paste_given = True
-    s = vm.vae_scale_factor
-    shape = (vm.latent_channels, wl, H // s, W // s)
-    sched = vm.scheduling(*shape[1:]) if hasattr(vm, "scheduling") else vm.scheduler   # LTX: per window size
-    engine = Engine(vm.denoiser, sched, plan, shape, -3, cfg,
-                    window_cond=lambda w: pairs[w.index], given=given, dtype=torch.float32,
-                    device=vm.device)
-    return engine, vm.decoder(plan.length), window, stride, H, W
-
-
-__all__ = ["CausalVideoModel", "causal_parts", "check_frame_count"]
+__all__ = ["CausalVideoModel", "check_frame_count"]

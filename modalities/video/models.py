@@ -35,6 +35,7 @@ KINDS = ("auto", "unet3d", "animatediff", "lavie")   # UNet families (Wan: modal
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 NATIVE_FRAMES = 16  # ModelScope, AnimateDiff (v1-v3) and LaVie all sample 16-frame windows
 LAVIE_SCHEDULER = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}  # LaVie sample.yaml
+DEFAULT_GUIDANCE = 7.5  # LaVie base/configs/sample.yaml guidance_scale; diffusers AnimateDiffPipeline default
 LAVIE_LATENT_SIZE = (40, 64)  # 320x512 (LaVie sample.yaml image_size) / 8
 
 
@@ -104,9 +105,73 @@ class VideoModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
 
+    # the video contract of longgen.modalities.video.jobs.video_parts
+    temporal_factor = 1          # the image VAE sees each frame on its own
+    frame_step = 1
+    default_frames = 104         # the paper's LaVie length: 12 windows of 16 at stride 8
+    default_fps = 8.0
+    engine_dtype = torch.float32
+    decode_chunk = 8             # frames per VAE call: memory is bounded by this, not by the length
+
     @property
     def unet(self) -> torch.nn.Module:
         return self.denoiser.unet
+
+    @property
+    def native_frames(self) -> int:
+        """The window length the model was trained on: 16, or a motion adapter's shorter
+        position table (``motion_max_seq_length``: it has no rows beyond it)."""
+        cfg = getattr(self.unet, "config", None)
+        limit = getattr(cfg, "motion_max_seq_length", None) if cfg is not None else None
+        if limit is None and isinstance(cfg, dict):
+            limit = cfg.get("motion_max_seq_length")
+        native = self.frames or NATIVE_FRAMES
+        return min(native, int(limit)) if limit else native
+
+    @property
+    def max_window(self) -> int:
+        return self.native_frames
+
+    def default_stride(self, window: int) -> int:
+        return window // 2
+
+    def default_guidance(self, prompts=()) -> float:
+        """7.5: LaVie base/configs/sample.yaml ``guidance_scale``; diffusers ``AnimateDiffPipeline``."""
+        return DEFAULT_GUIDANCE
+
+    def frame_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """Pixel (H, W) of the output: the model's native size unless given, multiples of the VAE
+        factor times the UNet's (2 ** its down blocks)."""
+        cfg = self.unet.config
+        channels = cfg["block_out_channels"] if isinstance(cfg, dict) else cfg.block_out_channels
+        s = self.vae_scale_factor
+        unit = s * 2 ** (len(channels) - 1)
+        out = []
+        for name, value, native in (("height", height, self.sample_size[0]), ("width", width, self.sample_size[1])):
+            px = native * s if value is None else value
+            if not isinstance(px, int) or px <= 0 or px % unit:
+                raise ValueError(f"--{name} must be a positive multiple of {unit} pixels for this model "
+                                 f"(VAE factor {s} x UNet factor {unit // s}), got {px!r}")
+            out.append(px)
+        return out[0], out[1]
+
+    def window_model(self, shape: tuple[int, ...]):
+        return self.denoiser, self.scheduler
+
+    def encode_clip(self, clip: torch.Tensor) -> torch.Tensor:
+        """(3, F, H, W) in [-1, 1] -> float32 latents (C, F, h, w), ``decode_chunk`` frames per call."""
+        lat = self.encode_frames(rearrange(clip, "c f h w -> 1 f c h w"), chunk=self.decode_chunk)[0]
+        return lat.to(torch.float32)
+
+    def decoder(self, latent_frames: int | None = None):
+        """Streams latent chunks (C, F, h, w) to frames (3, F, H, W), no halo (the VAE sees each
+        frame on its own)."""
+        from longgen.stitch import StreamingDecoder
+
+        def decode(z: torch.Tensor) -> torch.Tensor:
+            video = self.decode_frames(z[None], chunk=self.decode_chunk)[0]      # (F, 3, H, W)
+            return rearrange(video, "f c h w -> c f h w").cpu()
+        return StreamingDecoder(decode, axis=-3, halo=0, scale=1)
 
     @property
     def prediction_type(self) -> str:

@@ -1,9 +1,9 @@
-"""Video modality: ``longgen video`` — 16-frame windows at an 8-frame stride (the paper's LaVie
-setting: 12 windows for 104 frames), decoded frame by frame and encoded to mp4 as they finish.
-
-``--model builtin`` samples the exact landscape video prior; ``--init clip.mp4`` gives the first
-frames, which the following windows extend. Real checkpoints (video UNets; Wan, CogVideoX, LTX, windows
-over latent frames): :mod:`longgen.modalities.video.jobs`.
+"""Video modality: ``longgen video`` — windows of the model's native length at half that stride
+(builtin and the video UNets: 16 frames at 8, the paper's LaVie setting, 12 windows for 104
+frames), decoded as they finish and encoded to mp4. ``--init clip.mp4`` gives the first frames,
+which the following windows extend. This file declares the options; every family
+(``--model builtin``, video UNets, Wan, CogVideoX, LTX) runs the one job path of
+:mod:`longgen.modalities.video.jobs`.
 """
 
 from __future__ import annotations
@@ -11,17 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-from longgen.cli import request_of
 from longgen.run import Job
-
-from ..glue import (VAE_SCALE, builtin_scheduler, check_builtin_dtype, check_pixels, engine_config, scene_class,
-                    split_prompts)
-from .writers import MP4Writer, check_frames, clip_to_tensor, read_video  # noqa: F401
-
-
-DEFAULT_FRAMES = 104   # the paper's LaVie length: 12 windows of 16 at stride 8
-DEFAULT_FPS = 8.0
 
 
 class Video:
@@ -56,55 +46,6 @@ class Video:
         m.add_argument("--ckpt", type=Path, default=None, help="LaVie's lavie_base.pt (with the SD-1.4 directory as --model)")
 
     def build_job(self, args) -> Job:
-        if args.fps is not None and not (isinstance(args.fps, (int, float)) and args.fps > 0):
-            raise ValueError(f"--fps must be a positive number, got {args.fps!r}")
-        from .jobs import check_model_options, video_job  # torch and the models: only when a command runs
+        from .jobs import video_job  # torch and the models: only when a command runs
 
-        if args.model != "builtin":
-            return video_job(args)
-        check_model_options(args)
-        import torch
-
-        if args.frames is None:
-            args.frames = DEFAULT_FRAMES
-        fps = args.fps or DEFAULT_FPS
-        from longgen.builtin import LandscapeRGB, LatentRGB, video_prior
-        from longgen.engine import Engine, Given
-        from longgen.planner import plan_windows
-        from longgen.priors import PriorDenoiser
-        from longgen.stitch import StreamingDecoder
-
-        dtype = check_builtin_dtype(args)
-        window = args.window_frames or 16
-        stride = args.stride_frames or window // 2
-        check_frames(args, window)
-        H = check_pixels("height", args.height or 128)
-        W = check_pixels("width", args.width or 128)
-        plan = plan_windows(args.frames, window, stride)
-        h, w = H // VAE_SCALE, W // VAE_SCALE
-        rgb = LatentRGB()
-        given = None
-        if args.init is not None:
-            frames, _ = read_video(args.init, max_frames=window)
-            if len(frames) < window:
-                raise ValueError(f"--init clip has {len(frames)} frames; it needs at least one window ({window})")
-            clip = clip_to_tensor(frames[:window], H, W)                     # (3, F, H, W)
-            lat = rgb.encode(clip[None].double())[0].to(dtype)                # (4, F, h, w)
-            given = Given(values=lat, known=torch.ones_like(lat))
-        sch = builtin_scheduler()
-        den = PriorDenoiser.for_scheduler(video_prior(frames=window, height=h, width=w), sch)
-        classes = [scene_class(p) for p in split_prompts(args.prompt, len(plan))]   # a|b|c: one per window
-        guidance = args.guidance if args.guidance is not None else (3.0 if max(classes) >= 0 else 1.0)
-        cfg = engine_config(args, guidance)
-        cfg.paste_given = True  # the init clip is kept as given
-        engine = Engine(den, sch, plan, (4, window, h, w), -3, cfg,
-                        window_cond=lambda win: (torch.tensor([classes[win.index]]), torch.tensor([-1])),
-                        given=given, dtype=dtype)
-        if given is None:  # the demo: the landscape, panned with parallax (frame numbers)
-            scene = LandscapeRGB()
-            decoder = StreamingDecoder(lambda z, f: scene.decode(z[None], f)[0], axis=-3, halo=0, scale=1,
-                                       positional=True)
-        else:  # an init clip: the linear map it was encoded with
-            decoder = StreamingDecoder(lambda z: rgb.decode(z[None])[0], axis=-3, halo=0, scale=1)
-        return Job(engine, decoder, MP4Writer(args.out, fps), request_of(args), Path(args.out),
-                   info={"frames": args.frames, "height": H, "width": W})
+        return video_job(args)

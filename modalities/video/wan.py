@@ -332,12 +332,5 @@ def load_wan(model: str | Path, *, dtype: torch.dtype = torch.float32, device="c
     return WanModel(load_pipeline(cls, model, dtype, device, local_files_only), source=str(model))
 
 
-def wan_parts(vm: WanModel, args) -> tuple:
-    """(engine, decoder, window, stride, height, width) of ``longgen video`` on a Wan checkpoint."""
-    from .causal import causal_parts
-
-    return causal_parts(vm, args)
-
-
-__all__ = ["WanModel", "WanVelocity", "WanScheduling", "load_wan", "wan_parts",
+__all__ = ["WanModel", "WanVelocity", "WanScheduling", "load_wan",
            "WAN_GUIDANCE", "WAN_FRAMES", "WAN_SIZE", "WAN_FPS"]

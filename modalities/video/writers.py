@@ -156,13 +156,6 @@ def read_video(path: Path, max_frames: int | None = None) -> tuple[np.ndarray, f
     return np.stack(frames), fps
 
 
-def check_frames(args, window: int) -> None:
-    if not isinstance(args.frames, int) or args.frames < 1:
-        raise ValueError(f"--frames must be a positive integer, got {args.frames!r}")
-    if args.frames < window:
-        raise ValueError(f"--frames {args.frames} is fewer than one window ({window} frames); allowed: >= {window}")
-
-
 def clip_to_tensor(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
     """(F, h, w, 3) uint8 -> (3, F, height, width) in [-1, 1]: resize the short side, centre-crop."""
     import torch
