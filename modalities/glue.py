@@ -75,13 +75,23 @@ def engine_config(args, guidance: float):
                         seed=args.seed)
 
 
+def builtin_dtype(dtype, device="cpu", decoder: str = "landscape") -> torch.dtype:
+    """The engine dtype of a builtin prior (``"fp32"``, ``"fp64"`` or a torch dtype), which runs
+    on the CPU and draws with the ``landscape`` or ``linear`` decoder; anything else is refused."""
+    if not isinstance(dtype, torch.dtype):
+        table = {"fp32": torch.float32, "fp64": torch.float64}
+        if dtype not in table:
+            raise ValueError(f"--dtype {dtype!r} is not available for the builtin prior; allowed: fp32, fp64")
+        dtype = table[dtype]
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"the builtin prior runs on the CPU; got --device {str(device)!r}")
+    if decoder not in ("landscape", "linear"):
+        raise ValueError(f"unknown builtin decoder {decoder!r}; allowed: landscape, linear")
+    return dtype
+
+
 def check_builtin_dtype(args) -> torch.dtype:
-    table = {"fp32": torch.float32, "fp64": torch.float64}
-    if args.dtype not in table:
-        raise ValueError(f"--dtype {args.dtype!r} is not available for the builtin prior; allowed: fp32, fp64")
-    if args.device != "cpu":
-        raise ValueError(f"the builtin prior runs on the CPU; got --device {args.device!r}")
-    return table[args.dtype]
+    return builtin_dtype(args.dtype, args.device)
 
 
 def _seed_of(seed: int | None, generator: torch.Generator | None) -> int:

@@ -15,9 +15,7 @@ from typing import Sequence
 
 import torch
 
-from ..glue import VAE_SCALE, builtin_scheduler, scene_class
-
-BUILTIN_DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
+from ..glue import VAE_SCALE, builtin_dtype, builtin_scheduler, scene_class
 
 
 class BuiltinImage:
@@ -43,16 +41,7 @@ class BuiltinImage:
 
     def __init__(self, dtype: str | torch.dtype = "fp32", device: str | torch.device = "cpu",
                  decoder: str = "landscape"):
-        if not isinstance(dtype, torch.dtype):
-            if dtype not in BUILTIN_DTYPES:
-                raise ValueError(f"--dtype {dtype!r} is not available for the builtin prior; allowed: "
-                                 f"{', '.join(BUILTIN_DTYPES)}")
-            dtype = BUILTIN_DTYPES[dtype]
-        if torch.device(device).type != "cpu":
-            raise ValueError(f"the builtin prior runs on the CPU; got --device {str(device)!r}")
-        if decoder not in ("landscape", "linear"):
-            raise ValueError(f"unknown builtin decoder {decoder!r}; allowed: landscape, linear")
-        self.dtype, self.decoder = dtype, decoder
+        self.dtype, self.decoder = builtin_dtype(dtype, device, decoder), decoder
         self.scheduler = builtin_scheduler()
 
     def encode_prompt(self, prompt: str | Sequence[str], negative_prompt: str | None = None,
@@ -117,4 +106,4 @@ def demo_source(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return LandscapeRGB().decode(x0[None])[0].clamp(-1, 1), x0
 
 
-__all__ = ["BuiltinImage", "BUILTIN_DTYPES", "demo_source", "load_builtin"]
+__all__ = ["BuiltinImage", "demo_source", "load_builtin"]

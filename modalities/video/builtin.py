@@ -16,8 +16,7 @@ from typing import Sequence
 
 import torch
 
-from ..glue import VAE_SCALE, builtin_scheduler, check_pixels, scene_class
-from ..image.builtin import BUILTIN_DTYPES
+from ..glue import VAE_SCALE, builtin_dtype, builtin_scheduler, check_pixels, scene_class
 
 DEFAULT_FRAMES = 104   # the paper's LaVie length: 12 windows of 16 at stride 8
 DEFAULT_FPS = 8.0
@@ -40,16 +39,7 @@ class BuiltinVideo:
 
     def __init__(self, dtype: str | torch.dtype = "fp32", device: str | torch.device = "cpu",
                  decoder: str = "landscape"):
-        if not isinstance(dtype, torch.dtype):
-            if dtype not in BUILTIN_DTYPES:
-                raise ValueError(f"--dtype {dtype!r} is not available for the builtin prior; allowed: "
-                                 f"{', '.join(BUILTIN_DTYPES)}")
-            dtype = BUILTIN_DTYPES[dtype]
-        if torch.device(device).type != "cpu":
-            raise ValueError(f"the builtin prior runs on the CPU; got --device {str(device)!r}")
-        if decoder not in ("landscape", "linear"):
-            raise ValueError(f"unknown builtin decoder {decoder!r}; allowed: landscape, linear")
-        self.engine_dtype, self.decoder_kind = dtype, decoder
+        self.engine_dtype, self.decoder_kind = builtin_dtype(dtype, device, decoder), decoder
         self.scheduler = builtin_scheduler()
 
     def default_stride(self, window: int) -> int:
