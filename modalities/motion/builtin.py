@@ -114,13 +114,13 @@ class BuiltinMotion:
     :func:`longgen.modalities.motion.jobs.motion_job` (shared with :class:`~.jobs.CondMDIMotion`):
     ``denoiser``, ``scheduler``, ``norm`` (features <-> normalised), ``dataset_features`` (the
     feature definition of its keyframes: the prior was fitted to the exact one, not HumanML3D's
-    as released), ``conditions(args)`` -> (cond, uncond, guidance), ``info``, ``engine_dtype``,
-    ``device``. Fitted for windows of ``window`` frames (a few seconds)."""
+    as released), ``conditions(args)`` -> (cond, uncond, guidance), ``run_info(guidance)`` (what
+    the run's summary adds), ``engine_dtype``, ``device``. Fitted for windows of ``window``
+    frames (a few seconds)."""
 
     kind = "builtin"
     dataset_features = False
     device = "cpu"
-    info: dict = {}
 
     def __init__(self, window: int, dtype: torch.dtype):
         from longgen.priors import PriorDenoiser
@@ -133,6 +133,9 @@ class BuiltinMotion:
     def conditions(self, args):
         """No text: one unconditional row, guidance 1."""
         return None, None, 1.0
+
+    def run_info(self, guidance: float) -> dict:
+        return {}
 
 
 def load_builtin(model: str = "builtin", *, args) -> BuiltinMotion:

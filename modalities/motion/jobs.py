@@ -91,7 +91,6 @@ class CondMDIMotion:
         self.config, self.ckpt, self.norm, self.device = config, ckpt, norm, device
         self.denoiser = CondMDIDenoiser(model, config)
         self.scheduler = make_scheduler(config)
-        self.info = {"checkpoint": str(ckpt)}
 
     def conditions(self, args):
         """(cond, uncond, guidance): CLIP rows of ``--prompt``; guidance ``--guidance`` or args.json's
@@ -101,6 +100,9 @@ class CondMDIMotion:
         if cond is None or not args.prompt.strip():
             guidance = 1.0
         return cond, uncond, guidance
+
+    def run_info(self, guidance: float) -> dict:
+        return {"guidance": guidance, "checkpoint": str(self.ckpt)}
 
 
 def load_condmdi_motion(model: str | Path, *, args) -> CondMDIMotion:
@@ -138,8 +140,6 @@ def motion_job(args) -> Job:
     engine = Engine(mm.denoiser, mm.scheduler, plan, (N_FEATURES, window), -1, cfg, cond=cond, uncond=uncond,
                     given=given_of(setup, mm.norm, mm.engine_dtype), dtype=mm.engine_dtype, device=mm.device,
                     window_transform=window_transform(args, mm.norm))
-    info = {"frames": setup.length, "keyframes": len(setup.frames)}
-    if mm.kind != "builtin":
-        info.update(guidance=guidance, **mm.info)
+    info = {"frames": setup.length, "keyframes": len(setup.frames), **mm.run_info(guidance)}
     writer = NPYWriter(args.out, setup.reference, setup.frames, info, exports)
     return Job(engine, joints_decoder(mm.norm), writer, request_of(args), Path(args.out), info=info)
